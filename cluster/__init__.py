@@ -1,0 +1,1 @@
+"""Entry points that run the stages on a cluster: pipeline, presets, manifests."""

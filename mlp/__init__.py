@@ -1,0 +1,1 @@
+"""MLP on Ray: config, model, data, training loop, checkpoints, registry, and the Ray Train wrapper."""

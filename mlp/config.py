@@ -1,0 +1,248 @@
+"""The one typed configuration tree shared by train, tune and serve.
+
+Precedence is defaults <- YAML file <- CLI dotted overrides (``--optim.lr 0.1``).
+Every field carries its own help text (shown by ``--help``) and every section
+validates itself in ``__post_init__``, so a bad value is refused with the key
+named before anything is written. Across the Ray boundary the config travels as
+a plain dict (``to_dict``) and is rebuilt with ``from_dict`` on the other side;
+no other code handles raw dicts.
+
+The generic loading and CLI machinery lives in ``mlp.cli``; this file only
+declares the fields.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+DATASETS = ("mnist", "fashion-mnist", "synthetic")
+ACTIVATIONS = ("relu", "tanh", "gelu")
+SEARCHERS = ("random", "grid", "optuna")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; ``key`` is the dotted name the user typed."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def default_home() -> str:
+    """Root for runs and the registry: ``$MLP_HOME`` or ``~/mlp``.
+
+    A home-relative default (not the working directory) matters under
+    ``ray job submit``, where the working directory is a temporary copy.
+    """
+    return os.path.expanduser(os.environ.get("MLP_HOME", "~/mlp"))
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(
+        default_factory=lambda: [100],
+        metadata=_help("widths of the hidden layers, e.g. 100 or 256,128"),
+    )
+    activation: str = field(default="relu", metadata=_help("hidden activation: relu | tanh | gelu"))
+
+    def __post_init__(self) -> None:
+        _require(len(self.hidden_sizes) > 0, "model.hidden_sizes", "needs at least one layer")
+        for size in self.hidden_sizes:
+            _require(size >= 1, "model.hidden_sizes", f"every width must be >= 1, got {size}")
+        _require(self.activation in ACTIVATIONS, "model.activation",
+                 f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=0.01, metadata=_help("SGD learning rate"))
+    momentum: float = field(default=0.0, metadata=_help("SGD momentum in [0, 1)"))
+    weight_decay: float = field(default=0.0, metadata=_help("L2 weight decay (>= 0)"))
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = field(default="mnist", metadata=_help("mnist | fashion-mnist | synthetic"))
+    dir: Optional[str] = field(
+        default=None,
+        metadata=_help("folder holding the IDX files (searched first; then $MLP_DATA_DIR, "
+                       "/usr/share/datasets/<name>, then a download)"),
+    )
+    val_fraction: float = field(default=0.1, metadata=_help("share of the training set held out for validation"))
+    seed: int = field(default=0, metadata=_help("seed for the split, the shuffles and the initial weights"))
+    synthetic_size: int = field(default=6000, metadata=_help("training samples of the synthetic dataset"))
+
+    def __post_init__(self) -> None:
+        _require(self.dataset in DATASETS, "data.dataset",
+                 f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _require(self.synthetic_size >= 100, "data.synthetic_size", f"must be >= 100, got {self.synthetic_size}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata=_help("passes over the training set"))
+    batch_size: int = field(
+        default=64,
+        metadata=_help("GLOBAL batch size; each of N workers takes batch_size / N per step"),
+    )
+    target_accuracy: Optional[float] = field(
+        default=None, metadata=_help("report the time at which val accuracy first reaches this")
+    )
+    threads: int = field(default=0, metadata=_help("torch threads per worker; 0 = the worker's CPUs"))
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.target_accuracy is None or 0 < self.target_accuracy <= 1, "train.target_accuracy",
+                 f"must be in (0, 1], got {self.target_accuracy}")
+        _require(self.threads >= 0, "train.threads", f"must be >= 0, got {self.threads}")
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = field(default=1, metadata=_help("data-parallel training workers"))
+    use_gpu: bool = field(default=False, metadata=_help("one GPU per worker (NCCL backend)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved by each worker"))
+
+    def __post_init__(self) -> None:
+        _require(self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}")
+        _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = field(
+        default=None,
+        metadata=_help("run name; re-running with the same name resumes it (default: <dataset>-<timestamp>)"),
+    )
+    storage_path: str = field(
+        default_factory=lambda: os.path.join(default_home(), "runs"),
+        metadata=_help("where runs, checkpoints and metrics are written ($MLP_HOME/runs)"),
+    )
+    checkpoints_kept: int = field(default=2, metadata=_help("most recent checkpoints kept per run"))
+    max_failures: int = field(default=0, metadata=_help("worker failures retried from the last checkpoint"))
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            _require(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+                     "run.name", f"must be a plain folder name, got {self.name!r}")
+        _require(self.checkpoints_kept >= 1, "run.checkpoints_kept", f"must be >= 1, got {self.checkpoints_kept}")
+        _require(self.max_failures >= -1, "run.max_failures", f"must be >= -1, got {self.max_failures}")
+
+
+@dataclass
+class RegistryConfig:
+    path: str = field(
+        default_factory=lambda: os.path.join(default_home(), "registry"),
+        metadata=_help("model registry folder shared by train, tune and serve ($MLP_HOME/registry)"),
+    )
+    model_name: str = field(default="mlp", metadata=_help("name the model is promoted under"))
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model_name) and "/" not in self.model_name, "registry.model_name",
+                 f"must be a plain folder name, got {self.model_name!r}")
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = field(default=8, metadata=_help("trials to sample from the space"))
+    space: dict[str, str] = field(
+        default_factory=lambda: {"model.hidden_sizes": "choice:32,64,128,256,512",
+                                 "optim.lr": "loguniform:0.001:0.5"},
+        metadata=_help("search space by dotted key, e.g. --tune.space.optim.lr loguniform:1e-3:0.5"),
+    )
+    search: str = field(default="random", metadata=_help("random | grid | optuna"))
+    grace_period: int = field(default=2, metadata=_help("ASHA: epochs every trial runs before it may be stopped"))
+    reduction_factor: float = field(default=3.0, metadata=_help("ASHA: keep 1/reduction_factor at each rung"))
+    early_stopping: bool = field(default=True, metadata=_help("stop poor trials early with ASHA"))
+    workers_per_trial: int = field(default=1, metadata=_help("training workers inside each trial"))
+    max_concurrent: int = field(default=0, metadata=_help("trials at once; 0 = as many as the cluster's CPUs fit"))
+    resume: bool = field(default=False, metadata=_help("finish an interrupted sweep of the same run.name"))
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
+        _require(self.search in SEARCHERS, "tune.search",
+                 f"must be one of {', '.join(SEARCHERS)}, got {self.search!r}")
+        _require(self.grace_period >= 1, "tune.grace_period", f"must be >= 1, got {self.grace_period}")
+        _require(self.reduction_factor > 1, "tune.reduction_factor", f"must be > 1, got {self.reduction_factor}")
+        _require(self.workers_per_trial >= 1, "tune.workers_per_trial", f"must be >= 1, got {self.workers_per_trial}")
+        _require(self.max_concurrent >= 0, "tune.max_concurrent", f"must be >= 0, got {self.max_concurrent}")
+
+
+@dataclass
+class ServeConfig:
+    host: str = field(default="127.0.0.1", metadata=_help("HTTP bind address (0.0.0.0 exposes it)"))
+    port: int = field(default=8000, metadata=_help("HTTP port"))
+    version: str = field(default="latest", metadata=_help("registry version to serve: latest or vN"))
+    checkpoint: Optional[str] = field(default=None, metadata=_help("serve this checkpoint folder instead"))
+    max_batch_size: int = field(default=64, metadata=_help("dynamic batching: most requests per model call"))
+    batch_wait_timeout_s: float = field(default=0.002, metadata=_help("dynamic batching: longest wait to fill"))
+    max_instances: int = field(default=1024, metadata=_help("most instances in one request"))
+    max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_help("largest request body"))
+    max_image_pixels: int = field(default=4096 * 4096, metadata=_help("largest uploaded image (width*height)"))
+    min_replicas: int = field(default=1, metadata=_help("autoscaling lower bound"))
+    max_replicas: int = field(default=2, metadata=_help("autoscaling upper bound"))
+    target_ongoing_requests: float = field(default=16, metadata=_help("autoscaling target per replica"))
+    max_ongoing_requests: int = field(default=64, metadata=_help("requests a replica works on at once"))
+    max_queued_requests: int = field(default=256, metadata=_help("queued beyond that before 503"))
+    request_timeout_s: float = field(default=10.0, metadata=_help("requests slower than this get 504"))
+    replica_cpus: float = field(default=0.5, metadata=_help("CPUs reserved per replica"))
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.port <= 65535, "serve.port", f"must be in 1..65535, got {self.port}")
+        _require(self.version == "latest" or (self.version.startswith("v") and self.version[1:].isdigit()),
+                 "serve.version", f"must be 'latest' or vN, got {self.version!r}")
+        for key in ("max_batch_size", "max_instances", "max_body_bytes", "max_image_pixels",
+                    "min_replicas", "max_ongoing_requests", "max_queued_requests"):
+            value = getattr(self, key)
+            _require(value >= 1, f"serve.{key}", f"must be >= 1, got {value}")
+        _require(self.max_replicas >= self.min_replicas, "serve.max_replicas",
+                 f"must be >= serve.min_replicas ({self.min_replicas}), got {self.max_replicas}")
+        for key in ("batch_wait_timeout_s", "request_timeout_s", "replica_cpus", "target_ongoing_requests"):
+            value = getattr(self, key)
+            _require(value > 0, f"serve.{key}", f"must be > 0, got {value}")
+
+
+@dataclass
+class Config:
+    """The whole tree; each section is one attribute."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict: JSON-safe, the form that crosses the Ray boundary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """Rebuild and validate from ``to_dict`` output or a YAML mapping."""
+        from mlp.cli import build_dataclass
+
+        return build_dataclass(cls, data, prefix="")

@@ -1,0 +1,192 @@
+"""Datasets as in-memory tensors: MNIST, Fashion-MNIST and a synthetic stand-in.
+
+Images are float32 in [0, 1], shape [N, 784]; that is the whole preprocessing,
+and Serve applies exactly the same (``to_model_input``). The raw IDX files
+are read by torchvision's own ``MNIST`` / ``FashionMNIST`` classes; this module
+only finds them, in this order:
+
+1. ``data.dir`` from the config,
+2. ``$MLP_DATA_DIR``,
+3. Debian's ``/usr/share/datasets/<name>`` (package ``dataset-fashion-mnist``),
+4. a torchvision download into ``$MLP_CACHE_DIR`` (default ``~/.cache/mlp``).
+
+Each place may hold the four files directly (``*.gz`` or unpacked) or in
+torchvision's ``<Class>/raw/`` layout. Gzipped files are unpacked once into the
+cache, because torchvision reads only unpacked files.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mlp.config import DataConfig
+
+RAW_FILES = (
+    "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
+)
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+CLASS_NAMES = {
+    "mnist": [str(d) for d in range(10)],
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    "synthetic": [f"pattern {d}" for d in range(10)],
+}
+DEBIAN_ROOT = Path("/usr/share/datasets")
+SYNTHETIC_TEST_SIZE = 1000
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The dataset is nowhere on disk and could not be downloaded."""
+
+
+@dataclass
+class Splits:
+    """Train/validation tensors; the test set is loaded separately, only for final evaluation."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+    def to(self, device: torch.device) -> "Splits":
+        return Splits(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y)))
+
+
+def cache_dir() -> Path:
+    return Path(os.path.expanduser(os.environ.get("MLP_CACHE_DIR", "~/.cache/mlp")))
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 28, 28] (or [N, 784]) -> float32 [N, 784] in [0, 1]; shared with Serve."""
+    return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
+
+
+def _has_raw_files(folder: Path) -> bool:
+    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in RAW_FILES)
+
+
+def _candidates(cfg: DataConfig) -> list[Path]:
+    places = [cfg.dir, os.environ.get("MLP_DATA_DIR"), str(DEBIAN_ROOT / cfg.dataset)]
+    return [Path(os.path.expanduser(p)) for p in places if p]
+
+
+def _stage(source: Path, dataset: str) -> Path:
+    """Make ``root/<Class>/raw/<file>`` (unpacked) for torchvision and return ``root``."""
+    class_name = TORCHVISION_CLASS[dataset]
+    if all((source / class_name / "raw" / n).is_file() for n in RAW_FILES):
+        return source
+    if all((source / n).is_file() for n in RAW_FILES) and source.name == "raw" \
+            and source.parent.name == class_name:
+        return source.parent.parent
+    raw_src = source / class_name / "raw" if _has_raw_files(source / class_name / "raw") else source
+    root = cache_dir() / "data" / dataset
+    raw_dst = root / class_name / "raw"
+    raw_dst.mkdir(parents=True, exist_ok=True)
+    for name in RAW_FILES:
+        target = raw_dst / name
+        if target.is_file():
+            continue
+        plain, packed = raw_src / name, raw_src / f"{name}.gz"
+        # Write beside the target and rename, so parallel workers never read half a file.
+        fd, tmp = tempfile.mkstemp(dir=raw_dst, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as out:
+            if plain.is_file():
+                with open(plain, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                with gzip.open(packed, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        os.replace(tmp, target)
+    return root
+
+
+def find_dataset_root(cfg: DataConfig) -> Path:
+    """Root folder to hand torchvision; downloads only when no local copy exists."""
+    searched = []
+    for place in _candidates(cfg):
+        for folder in (place, place / cfg.dataset, place / TORCHVISION_CLASS[cfg.dataset] / "raw"):
+            searched.append(str(folder))
+            if _has_raw_files(folder) or _has_raw_files(folder / TORCHVISION_CLASS[cfg.dataset] / "raw"):
+                return _stage(folder, cfg.dataset)
+    root = cache_dir() / "data" / cfg.dataset
+    try:
+        _torchvision_dataset(cfg.dataset, root, train=True, download=True)
+        _torchvision_dataset(cfg.dataset, root, train=False, download=True)
+        return root
+    except Exception as err:  # torchvision raises plain RuntimeError/URLError offline
+        hint = ("sudo apt-get install dataset-fashion-mnist" if cfg.dataset == "fashion-mnist"
+                else "download the four *-ubyte.gz files on a machine with internet access")
+        raise DataNotFoundError(
+            f"{cfg.dataset} not found. Looked in: {', '.join(searched) or '(nothing configured)'}; "
+            f"the download into {root} failed ({type(err).__name__}: {err}). Fix: {hint}, "
+            f"then pass --data.dir FOLDER or set MLP_DATA_DIR; or use --data.dataset synthetic."
+        ) from err
+
+
+def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool):
+    import torchvision  # imported late: it is slow and the synthetic path does not need it
+
+    cls = getattr(torchvision.datasets, TORCHVISION_CLASS[dataset])
+    return cls(root=str(root), train=train, download=download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_tensors(dataset: str, data_dir: Optional[str], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if dataset == "synthetic":
+        return synthetic(6000 if train else SYNTHETIC_TEST_SIZE, seed=1 if train else 2)
+    root = find_dataset_root(DataConfig(dataset=dataset, dir=data_dir))
+    ds = _torchvision_dataset(dataset, root, train=train, download=False)
+    return to_model_input(ds.data), ds.targets.to(torch.long)
+
+
+def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable, deterministic 10-class problem with MNIST's shapes.
+
+    Each class is a fixed random blob pattern; samples are that pattern plus
+    heavy noise, so accuracy climbs over several epochs instead of jumping to 1.
+    """
+    protos = torch.rand(10, 784, generator=torch.Generator().manual_seed(12345))
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    noise = torch.rand(n, 784, generator=gen)
+    x = (0.25 * protos[y] + 0.75 * noise).clamp(0, 1)
+    return x, y
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Train and validation split, carved from the training set with ``data.seed``."""
+    if cfg.dataset == "synthetic":
+        x, y = synthetic(cfg.synthetic_size, seed=1)
+    else:
+        x, y = _load_tensors(cfg.dataset, cfg.dir, True)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    n_val = max(1, int(len(x) * cfg.val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    return Splits(x[train], y[train], x[val], y[val])
+
+
+def load_test(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The held-out test set: used once, for the final evaluation."""
+    return _load_tensors(cfg.dataset, cfg.dir, False)
+
+
+def shard_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:
+    """This worker's share of a per-epoch seeded shuffle.
+
+    Every worker draws the same permutation and takes every ``world``-th index,
+    so shards are disjoint and equal in size (the tail is dropped): equal step
+    counts keep gradient all-reduce in lockstep.
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    usable = n - n % world
+    return perm[:usable][rank::world]

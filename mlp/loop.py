@@ -1,0 +1,135 @@
+"""The training loop: plain PyTorch, runnable in one process without Ray.
+
+``fit`` knows nothing about Ray. Distribution comes in through three values
+(``rank``, ``world`` and a model that may already be DDP-wrapped) and results go
+out through the ``on_epoch_end`` callback, which decides about reporting and
+checkpoints. ``mlp.distributed`` (Ray Train) and ``tune`` (Ray Tune) both drive
+this same loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlp.checkpoint import restore_training
+from mlp.config import Config
+from mlp.data import Splits, load_splits, shard_indices
+from mlp.model import build_model
+
+EpochCallback = Callable[[dict[str, Any], nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
+
+
+@dataclass
+class RunState:
+    """Progress that survives a restart (stored as state.json in each checkpoint)."""
+
+    epoch: int = 0  # epochs completed
+    elapsed_s: float = 0.0  # training seconds so far, across restarts
+    best_val_accuracy: float = 0.0
+    time_to_target_s: Optional[float] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                           weight_decay=cfg.optim.weight_decay)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """One SGD step; returns (summed loss, correct predictions) for the batch."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    optimizer.step()
+    # Kept as tensors by the caller would be faster on GPU; .item() here is cheap on CPU.
+    return loss.item() * len(y), int((logits.argmax(1) == y).sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8192) -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start:start + batch_size])
+        yb = y[start:start + batch_size]
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return total_loss / len(x), correct / len(x)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, cfg: Config,
+                epoch: int, rank: int, world: int) -> tuple[float, float, int]:
+    """One pass over this worker's shard; returns (loss, accuracy, samples seen by all workers)."""
+    model.train()
+    idx = shard_indices(len(data.train_x), epoch, cfg.data.seed, rank, world).to(data.train_x.device)
+    per_worker = max(1, cfg.train.batch_size // world)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(idx), per_worker):
+        batch = idx[start:start + per_worker]
+        loss, right = train_step(model, optimizer, data.train_x[batch], data.train_y[batch])
+        total_loss += loss
+        correct += right
+    return total_loss / len(idx), correct / len(idx), len(idx) * world
+
+
+def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits,
+        state: RunState, on_epoch_end: EpochCallback, rank: int = 0, world: int = 1) -> RunState:
+    """Train from ``state.epoch`` to ``cfg.train.epochs``, calling ``on_epoch_end`` after each epoch.
+
+    The callback gets (metrics, model, optimizer, state-as-dict); it may raise to
+    stop the run, which is how Tune's early stopping and interrupts get in.
+    """
+    target = cfg.train.target_accuracy
+    for epoch in range(state.epoch, cfg.train.epochs):
+        started = time.perf_counter()
+        train_loss, train_acc, samples = train_epoch(model, optimizer, data, cfg, epoch, rank, world)
+        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        seconds = time.perf_counter() - started
+        state.epoch = epoch + 1
+        state.elapsed_s += seconds
+        state.best_val_accuracy = max(state.best_val_accuracy, val_acc)
+        if target is not None and state.time_to_target_s is None and val_acc >= target:
+            state.time_to_target_s = state.elapsed_s
+        metrics = {
+            "epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc, "best_val_accuracy": state.best_val_accuracy,
+            "epoch_s": seconds, "samples_per_s": samples / seconds, "elapsed_s": state.elapsed_s,
+            "time_to_target_s": state.time_to_target_s,
+        }
+        state.history.append(metrics)
+        on_epoch_end(metrics, model, optimizer, state_to_dict(state))
+    return state
+
+
+def state_to_dict(state: RunState) -> dict[str, Any]:
+    return {"epoch": state.epoch, "elapsed_s": state.elapsed_s, "best_val_accuracy": state.best_val_accuracy,
+            "time_to_target_s": state.time_to_target_s, "history": state.history}
+
+
+def prepare(cfg: Config, device: torch.device,
+            resume_from: Optional[str] = None) -> tuple[nn.Module, torch.optim.Optimizer, Splits, RunState]:
+    """Model, optimizer, data (on ``device``) and progress, restored from a checkpoint folder if given."""
+    model = build_model(cfg.model, seed=cfg.data.seed).to(device)
+    optimizer = build_optimizer(cfg, model)
+    state = RunState()
+    if resume_from is not None:
+        saved = restore_training(resume_from, model, optimizer)
+        state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__ if k in saved})
+    return model, optimizer, load_splits(cfg.data).to(device), state
+
+
+def set_threads(cfg: Config) -> None:
+    """Ray pins OMP_NUM_THREADS=1 in workers; choose torch's thread count on purpose instead."""
+    threads = cfg.train.threads or max(1, int(cfg.scaling.cpus_per_worker))
+    torch.set_num_threads(threads)

@@ -1,0 +1,37 @@
+"""The multilayer perceptron: 784 -> hidden layers -> 10 logits.
+
+Plain PyTorch and nothing else: no Ray, no distribution, no data loading.
+Softmax lives in the loss (cross-entropy on logits) and in the predictor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlp.config import ModelConfig
+
+INPUT_SIZE = 28 * 28
+NUM_CLASSES = 10
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+class MLP(nn.Sequential):
+    """Flattens its input, so both [N, 784] and [N, 28, 28] batches work."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = INPUT_SIZE
+        for hidden in cfg.hidden_sizes:
+            layers += [nn.Linear(width, hidden), _ACTIVATIONS[cfg.activation]()]
+            width = hidden
+        layers.append(nn.Linear(width, NUM_CLASSES))
+        super().__init__(*layers)
+
+
+def build_model(cfg: ModelConfig, seed: int) -> MLP:
+    """Seeded construction, so every worker (and every rerun) starts from the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MLP(cfg)

@@ -1,0 +1,1 @@
+"""Ray Serve HTTP inference for promoted models."""

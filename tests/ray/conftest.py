@@ -1,0 +1,18 @@
+"""One local Ray cluster for the whole test session (2 CPUs, dashboard on).
+
+The dashboard stays on: Ray Train 2.60 releases the workers of a trial that
+Tune stops early through the State API, which the dashboard serves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_cluster():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=True)
+    yield
+    ray.shutdown()

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps with Ray Tune around mlp's trainer (see issue: tune)."""

@@ -21,6 +21,7 @@ from typing import Any, Optional
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
 ACTIVATIONS = ("relu", "tanh", "gelu")
 SEARCHERS = ("random", "grid", "optuna")
+TRIAL_RUNNERS = ("auto", "process", "trainer")
 
 
 class ConfigError(ValueError):
@@ -177,6 +178,11 @@ class TuneConfig:
     workers_per_trial: int = field(default=1, metadata=_help("training workers inside each trial"))
     max_concurrent: int = field(default=0, metadata=_help("trials at once; 0 = as many as the cluster's CPUs fit"))
     resume: bool = field(default=False, metadata=_help("finish an interrupted sweep of the same run.name"))
+    runner: str = field(
+        default="auto",
+        metadata=_help("how a trial trains: process (the loop in the trial's actor) | trainer (a TorchTrainer "
+                       "per trial) | auto (process for 1 worker, measured faster; trainer for more)"),
+    )
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
@@ -186,6 +192,10 @@ class TuneConfig:
         _require(self.reduction_factor > 1, "tune.reduction_factor", f"must be > 1, got {self.reduction_factor}")
         _require(self.workers_per_trial >= 1, "tune.workers_per_trial", f"must be >= 1, got {self.workers_per_trial}")
         _require(self.max_concurrent >= 0, "tune.max_concurrent", f"must be >= 0, got {self.max_concurrent}")
+        _require(self.runner in TRIAL_RUNNERS, "tune.runner",
+                 f"must be one of {', '.join(TRIAL_RUNNERS)}, got {self.runner!r}")
+        _require(not (self.runner == "process" and self.workers_per_trial > 1), "tune.runner",
+                 "process runs one worker per trial; use trainer (or auto) for workers_per_trial > 1")
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""``python -m tune.sweep`` / ``mlp-sweep``: search hidden size x learning rate with Ray Tune.
+
+The driver validates the config and the search space (exit 2 before Ray
+starts), joins (or starts) a Ray cluster, runs one Tune trial per sampled
+configuration with ASHA stopping poor trials early, then prints the ranked
+table, saves it (CSV, JSON) with two plots, and promotes the winner into the
+model registry. Re-running with the same ``--run.name`` resumes an interrupted
+sweep; a finished one is only reported again. Trials train through ``mlp``
+(``tune.trial``): this package has no training loop, model or ScalingConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+# Save Tune's experiment state at least every 2 s (default: adaptive, >= 10 s),
+# so a killed driver loses little and finished trials are never run twice.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+from mlp.cli import make_parser, parse_config  # noqa: E402
+from mlp.config import Config, ConfigError  # noqa: E402
+from mlp.data import DataNotFoundError  # noqa: E402
+from mlp.distributed import init_ray, with_run_name  # noqa: E402
+from mlp.train import check_data  # noqa: E402
+from tune import plots, report  # noqa: E402
+from tune.space import Dim, describe, grid_size, parse_space, to_param_space  # noqa: E402
+from tune.trial import TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname  # noqa: E402
+
+log = logging.getLogger("tune.sweep")
+SUMMARY_FILE = "sweep_summary.json"
+CONFIG_FILE = "sweep_config.json"
+METRIC, MODE = "val_accuracy", "max"
+
+
+class SweepInterrupted(RuntimeError):
+    """Tune stopped before every trial finished (Ctrl-C); the state on disk resumes it."""
+
+
+def sweep_dir(cfg: Config) -> Path:
+    return Path(cfg.run.storage_path) / str(cfg.run.name)
+
+
+def resolve(cfg: Config) -> Config:
+    """Absolute paths, and a readable name (``sweep-<dataset>-<time>``) for an unnamed sweep."""
+    if cfg.run.name is None:
+        data = cfg.to_dict()
+        data["run"]["name"] = f"sweep-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg = Config.from_dict(data)
+    return with_run_name(cfg)
+
+
+def check_space(cfg: Config) -> list[Dim]:
+    """The parsed space; every problem is a ConfigError naming the key (exit 2)."""
+    dims = parse_space(cfg.tune.space, cfg.tune.search)
+    if cfg.tune.search == "grid" and grid_size(dims) > 10_000:
+        raise ConfigError("tune.space", f"the grid has {grid_size(dims)} points; use random or optuna search")
+    return dims
+
+
+def expected_trials(cfg: Config, dims: list[Dim]) -> int:
+    return grid_size(dims) if cfg.tune.search == "grid" else cfg.tune.num_samples
+
+
+def state_api_available(timeout: float = 10.0) -> bool:
+    """Whether this cluster serves Ray's State API (the dashboard) and it answers for this cluster.
+
+    Ray Train 2.60 releases the workers of a trial that Tune stops early through a
+    cleaner that asks the State API whether the trial's controller is alive; without
+    it the workers are never released and later trials hang at worker-group start.
+    Our own node must appear in the answer: another cluster's dashboard on the
+    default port would otherwise pass for ours.
+    """
+    import ray
+    from ray.util.state import list_nodes
+
+    context = ray.get_runtime_context()
+    try:
+        nodes = list_nodes(address=context.gcs_address, timeout=timeout, raise_on_missing_output=False)
+    except Exception:  # ServerUnavailable, connection errors, timeouts: all mean "no"
+        return False
+    return context.get_node_id() in {n.node_id for n in nodes}
+
+
+def build_search(cfg: Config, concurrency: int) -> Any:
+    """Optuna's TPE (a ``Searcher``: Tune limits it), or Tune's own random/grid generator.
+
+    The generator is not a ``Searcher``, so Tune ignores ``max_concurrent_trials``
+    for it; it takes the limit itself. Seeded, so two sweeps with the same seed
+    sample the same configurations.
+    """
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if cfg.tune.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.data.seed)),
+                                  max_concurrent=concurrency)
+    return BasicVariantGenerator(random_state=cfg.data.seed, max_concurrent=concurrency)
+
+
+def build_scheduler(cfg: Config) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not cfg.tune.early_stopping:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
+                         reduction_factor=cfg.tune.reduction_factor)
+
+
+def make_trainable(cfg: Config, plan: TrialPlan) -> Any:
+    from ray import tune
+
+    fn = run_in_process if plan.runner == "process" else run_with_trainer
+    return tune.with_resources(tune.with_parameters(fn, base=base_for_trials(cfg, plan)), plan.trial_resources)
+
+
+def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> Any:
+    """A new Tuner, or the interrupted one restored from ``sweep_dir`` (finished trials stay finished)."""
+    from ray import tune
+
+    trainable = make_trainable(cfg, plan)
+    path = sweep_dir(cfg)
+    if resume:
+        return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner(
+        trainable,
+        param_space=to_param_space(dims, cfg.tune.search),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, search_alg=build_search(cfg, plan.concurrency), scheduler=build_scheduler(cfg),
+            num_samples=1 if cfg.tune.search == "grid" else cfg.tune.num_samples,
+            reuse_actors=plan.runner == "process",
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.run.name, storage_path=cfg.run.storage_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.run.checkpoints_kept,
+                                                    checkpoint_score_attribute=METRIC,
+                                                    checkpoint_score_order=MODE),
+            failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+    )
+
+
+def prepare(cfg: Config) -> tuple[Config, list[Dim], bool]:
+    """(config to run, its dims, resume?) for ``cfg``; resuming reads the sweep's saved config."""
+    from ray.tune import Tuner
+
+    cfg = resolve(cfg)
+    path = sweep_dir(cfg)
+    resume = path.is_dir() and Tuner.can_restore(str(path))
+    if cfg.tune.resume and not resume:
+        raise ConfigError("tune.resume", f"no interrupted sweep to resume at {path}")
+    if resume and (path / CONFIG_FILE).is_file():
+        saved = json.loads((path / CONFIG_FILE).read_text())
+        saved["registry"] = cfg.to_dict()["registry"]  # where to promote may change; the sweep may not
+        cfg = Config.from_dict(saved)
+    return cfg, check_space(cfg), resume
+
+
+def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
+    """Run (or resume) the sweep named in ``cfg``; returns its summary (also saved as JSON)."""
+    import ray
+
+    cfg, dims, resume = prepare(cfg)
+    path = sweep_dir(cfg)
+    if (path / SUMMARY_FILE).is_file():
+        summary = json.loads((path / SUMMARY_FILE).read_text())
+        print(f"sweep {cfg.run.name} already finished ({path / SUMMARY_FILE}); use a new --run.name to sweep again.")
+        return summary
+    check_data(cfg)
+    init_ray()
+    plan = plan_trials(cfg, ray.cluster_resources())
+    if plan.runner == "trainer" and cfg.tune.early_stopping and not state_api_available():
+        raise ConfigError("tune.runner", "this Ray cluster has no dashboard (State API): Ray Train would never "
+                          "release the workers of trials ASHA stops, and later trials would hang. Start the "
+                          "cluster with the dashboard (ray start --head --include-dashboard=true), or use "
+                          "--tune.runner process (one worker per trial), or --tune.early_stopping false")
+    print(f"{'resuming' if resume else 'starting'} sweep {cfg.run.name}: {expected_trials(cfg, dims)} trials, "
+          f"{cfg.tune.search} search, {'ASHA' if cfg.tune.early_stopping else 'no early stopping'}, "
+          f"up to {cfg.train.epochs} epochs on {cfg.data.dataset}; results in {path}\n"
+          f"{describe(dims)}\n{plan.describe()}", flush=True)
+    path.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
+    started = time.perf_counter()
+    results = make_tuner(cfg, dims, plan, resume).fit()
+    wall = time.perf_counter() - started
+    if results.num_terminated + results.num_errors < expected_trials(cfg, dims):
+        raise SweepInterrupted(f"sweep {cfg.run.name} stopped before all trials finished; resume with: "
+                               f"mlp-sweep --run.storage_path {cfg.run.storage_path} --run.name {cfg.run.name} --resume")
+    return finish(cfg, dims, results, wall, promote)
+
+
+def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: bool) -> dict[str, Any]:
+    """Table, files, plots and promotion of a completed sweep."""
+    from tune.promote import promote_best
+
+    path = sweep_dir(cfg)
+    rows = report.collect(results, dims, cfg.train.epochs)
+    print("\n" + report.format_table(rows, dims))
+    csv_path, json_path = report.save_table(rows, dims, path)
+    pngs = plots.plot_all(rows, dims, path, cfg.train.epochs)
+    promoted = promote_best(cfg, rows, results, path) if promote else None
+    best = {k: v for k, v in rows[0].items() if k != "curve"} if rows else None
+    summary = {
+        "sweep": cfg.run.name, "dir": str(path), "trials": len(rows),
+        "stopped_early": sum(r["stopped_early"] for r in rows), "errors": sum(r["status"] == "error" for r in rows),
+        "wall_seconds": wall, "best": best, "promoted": promoted,
+        "files": [str(p) for p in (csv_path, json_path, *pngs)],
+    }
+    (path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\n{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errors']} failed) "
+          f"in {wall:.1f}s; table and plots in {path}")
+    if promoted:
+        print(f"best trial {promoted['trial_id']}: val accuracy {promoted['best_val_accuracy']:.4f}, "
+              f"test accuracy {promoted['test_accuracy']:.4f}; promoted to {promoted['registry_dir']}")
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser(
+        "mlp-sweep",
+        "Sweep the MLP's hyperparameters with Ray Tune (ASHA early stopping) and promote the best model.\n"
+        "Space specs by dotted key: choice:A,B,C | uniform:LO:HI | loguniform:LO:HI | randint:LO:HI |\n"
+        "lograndint:LO:HI (add :N for --tune.search grid), e.g. --tune.space.optim.lr loguniform:1e-3:0.5.\n"
+        "Joins RAY_ADDRESS (or the cluster of a `ray job submit`) if set, else starts a local cluster.\n"
+        "Re-running with the same --run.name resumes an interrupted sweep.",
+        sections=("tune", "model", "optim", "data", "train", "scaling", "run", "registry"),
+    )
+    parser.add_argument("--resume", action="store_true", help="same as --tune.resume true")
+    parser.add_argument("--no-promote", action="store_true", help="do not copy the winner into the registry")
+    cfg, args = parse_config(parser, argv)
+    if args.resume:
+        cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, resume=True))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_space(cfg)
+        run_sweep(cfg, promote=not args.no_promote)
+    except ConfigError as err:
+        print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
+    except SweepInterrupted as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Ray Train vs a plain single-process PyTorch loop on Fashion-MNIST, side by side in one run.
+
+    python benchmarks/bench_train.py [--epochs 3] [--dataset fashion-mnist]
+
+The peer is the loop a user would write without Ray (same tensors, batch 64,
+one torch thread): the practical limit for this model on a CPU. The Ray
+figures come from ``mlp-train`` run as a subprocess with 1 and 2 workers:
+
+- epoch time: median ``epoch_s`` reported by the workers (epochs after the first),
+- fixed overhead: command start -> start of the first epoch,
+- tail: end of the last epoch -> command exit.
+
+Writes ``benchmarks/results/train.json`` (one row per measurement) and
+``benchmarks/results/train.md``; absolute seconds drift on shared machines,
+ratios travel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mlp.config import DataConfig, ModelConfig
+from mlp.data import load_splits
+from mlp.model import build_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def plain_loop(dataset: str, epochs: int, batch_size: int) -> dict:
+    """The peer: a bare PyTorch loop over in-memory tensors, one process, one thread."""
+    torch.set_num_threads(1)
+    data = load_splits(DataConfig(dataset=dataset))
+    model = build_model(ModelConfig(), seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    times = []
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        perm = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(epoch))
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start:start + batch_size]
+            optimizer.zero_grad()
+            F.cross_entropy(model(data.train_x[idx]), data.train_y[idx]).backward()
+            optimizer.step()
+        times.append(time.perf_counter() - started)
+    epoch_s = statistics.median(times[1:] or times)
+    return {"epoch_s": epoch_s, "samples_per_s": len(data.train_x) / epoch_s}
+
+
+def ray_train(dataset: str, epochs: int, workers: int, batch_size: int) -> dict:
+    """``mlp-train`` as a user runs it, timed from the outside."""
+    with tempfile.TemporaryDirectory() as storage:
+        argv = [sys.executable, "-m", "mlp.train", "--data.dataset", dataset, "--train.epochs", str(epochs),
+                "--scaling.num_workers", str(workers), "--train.batch_size", str(batch_size),
+                "--run.name", "bench", "--run.storage_path", storage]
+        started = time.time()
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        ended = time.time()
+        if proc.returncode != 0:
+            raise RuntimeError(f"mlp-train failed:\n{proc.stderr[-3000:]}")
+        lines = (Path(storage) / "bench" / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines]
+    epoch_times = [m["epoch_s"] for m in metrics]
+    epoch_s = statistics.median(epoch_times[1:] or epoch_times)
+    first_epoch_start = metrics[0]["timestamp"] - metrics[0]["epoch_s"]
+    return {"epoch_s": epoch_s, "samples_per_s": statistics.median(m["samples_per_s"] for m in metrics),
+            "fixed_overhead_s": first_epoch_start - started, "tail_s": ended - metrics[-1]["timestamp"],
+            "wall_s": ended - started, "command": " ".join(argv[1:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    peer = plain_loop(args.dataset, args.epochs, args.batch_size)
+    print(f"plain loop: {peer['epoch_s']:.2f} s/epoch, {peer['samples_per_s']:,.0f} samples/s", flush=True)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads available"
+    rows = []
+    for workers in (1, 2):
+        ray = ray_train(args.dataset, args.epochs, workers, args.batch_size)
+        ratio = ray["epoch_s"] / peer["epoch_s"]
+        print(f"ray train {workers} worker(s): {ray['epoch_s']:.2f} s/epoch ({ratio:.2f}x plain), "
+              f"{ray['samples_per_s']:,.0f} samples/s, fixed overhead {ray['fixed_overhead_s']:.1f} s, "
+              f"tail {ray['tail_s']:.1f} s", flush=True)
+        rows.append({"machine": machine, "command": ray["command"], "workers": workers,
+                     "figure": "epoch_s", "value": ray["epoch_s"], "peer": "plain PyTorch loop",
+                     "peer_value": peer["epoch_s"], "ratio": ratio, "samples_per_s": ray["samples_per_s"],
+                     "peer_samples_per_s": peer["samples_per_s"], "fixed_overhead_s": ray["fixed_overhead_s"],
+                     "tail_s": ray["tail_s"], "wall_s": ray["wall_s"]})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(rows, indent=2))
+    table = ["| machine | command | epoch s | plain loop epoch s | ratio | samples/s | fixed overhead s | tail s |",
+             "|---|---|---|---|---|---|---|---|"]
+    table += [f"| {r['machine']} | `{r['command']}` | {r['value']:.2f} | {r['peer_value']:.2f} | "
+              f"{r['ratio']:.2f}x | {r['samples_per_s']:,.0f} | {r['fixed_overhead_s']:.1f} | {r['tail_s']:.1f} |"
+              for r in rows]
+    (RESULTS / "train.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+if __name__ == "__main__":
+    main()

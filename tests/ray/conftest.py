@@ -13,6 +13,7 @@ import ray
 @pytest.fixture(scope="session", autouse=True)
 def ray_cluster():
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=True)
+        # address="local": always a fresh cluster, even if `ray start` left one running here.
+        ray.init(address="local", num_cpus=2, include_dashboard=True)
     yield
     ray.shutdown()

@@ -23,6 +23,9 @@ from typing import Any, Optional, Sequence
 # Save Tune's experiment state at least every 2 s (default: adaptive, >= 10 s),
 # so a killed driver loses little and finished trials are never run twice.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Tune also forces a snapshot when a trial has written num_to_keep checkpoints since the
+# last one, and warns about it; with per-epoch checkpoints of small models that is expected.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from mlp.cli import make_parser, parse_config  # noqa: E402
 from mlp.config import Config, ConfigError  # noqa: E402
@@ -138,7 +141,7 @@ def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> A
             metric=METRIC, mode=MODE, search_alg=build_search(cfg, plan.concurrency), scheduler=build_scheduler(cfg),
             num_samples=1 if cfg.tune.search == "grid" else cfg.tune.num_samples,
             reuse_actors=plan.runner == "process",
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
@@ -146,6 +149,7 @@ def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> A
                                                     checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
+            verbose=1,  # the live trial table and trial starts/ends; per-epoch results go to files
         ),
     )
 
@@ -200,6 +204,27 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     return finish(cfg, dims, results, wall, promote)
 
 
+def load_results(path: Path) -> Any:
+    """The ``ResultGrid`` of a sweep on disk, read without running anything."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    return ResultGrid(ExperimentAnalysis(str(path), default_metric=METRIC, default_mode=MODE))
+
+
+def promote_finished(cfg: Config) -> dict[str, Any]:
+    """Promote the winner of an already finished sweep again (e.g. one run with ``--no-promote``)."""
+    from tune.promote import promote_best
+
+    cfg, dims, _ = prepare(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, resume=False)))
+    path = sweep_dir(cfg)
+    if not (path / SUMMARY_FILE).is_file():
+        raise ConfigError("run.name", f"no finished sweep at {path}")
+    results = load_results(path)
+    promoted = promote_best(cfg, report.collect(results, dims, cfg.train.epochs), results, path)
+    print(f"promoted trial {promoted['trial_id']} of {cfg.run.name} to {promoted['registry_dir']}")
+    return promoted
+
+
 def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: bool) -> dict[str, Any]:
     """Table, files, plots and promotion of a completed sweep."""
     from tune.promote import promote_best
@@ -238,13 +263,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="same as --tune.resume true")
     parser.add_argument("--no-promote", action="store_true", help="do not copy the winner into the registry")
+    parser.add_argument("--promote-only", action="store_true",
+                        help="promote the winner of the finished sweep --run.name again, without training")
     cfg, args = parse_config(parser, argv)
     if args.resume:
         cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, resume=True))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_space(cfg)
-        run_sweep(cfg, promote=not args.no_promote)
+        if args.promote_only:
+            promote_finished(cfg)
+        else:
+            run_sweep(cfg, promote=not args.no_promote)
     except ConfigError as err:
         print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
         return 2

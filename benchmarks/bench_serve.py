@@ -1,0 +1,231 @@
+"""Serving benchmark: the Ray Serve endpoint against a plain FastAPI + uvicorn peer, same model, same run.
+
+For each server it measures requests/s and p50/p99 latency for single-image
+JSON at concurrency 1 and 32, and images/s for batched JSON requests, then
+writes ``benchmarks/results/serve.json`` (one row per measurement) and
+``serve.md`` and prints the ratios against the targets (throughput at c=32 >=
+1.0x the peer; p50 at c=1 <= 2x the peer).
+
+    python benchmarks/bench_serve.py                 # the project's settings (see docs/serve.md)
+    python benchmarks/bench_serve.py --variants default,project --duration 5
+
+Variants of the Serve side (each in a fresh local Ray cluster, started by a
+child process so its environment variables take effect):
+
+* ``default``: Ray Serve's own proxy, Serve defaults for the environment.
+* ``project``: what ``.ci/run`` and the README set: HAProxy ingress
+  (``RAY_SERVE_ENABLE_HA_PROXY=1``) and ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``.
+
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio, one
+connection per concurrent user, so it costs the shared CPUs as little as
+possible and the same for both servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANT_ENV = {
+    "default": {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    "project": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+BATCH = 64
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_model(folder: Path) -> Path:
+    """The reference MLP (784-100-10), untrained: serving cost does not depend on the weights."""
+    from mlp.checkpoint import save_checkpoint
+    from mlp.config import Config
+    from mlp.model import build_model
+
+    cfg = Config.from_dict({"data": {"dataset": "mnist"}})
+    return save_checkpoint(folder, build_model(cfg.model, seed=0), cfg, {"epoch": 0})
+
+
+def payloads() -> dict[str, bytes]:
+    from mlp.data import synthetic
+
+    x, _ = synthetic(BATCH, seed=2)
+    return {"single": json.dumps(x[0].tolist()).encode(),
+            "batch": json.dumps({"instances": x.tolist()}).encode()}
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s}s")
+
+
+async def _user(port: int, request: bytes, stop_at: float, warm_until: float,
+                latencies: list[float], errors: list[int]) -> None:
+    """One keep-alive connection sending back-to-back; a dropped connection counts as error 0 and reconnects."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                status = int(head[9:12])
+            except (asyncio.IncompleteReadError, ConnectionError):
+                status = 0
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if now >= warm_until:
+                latencies.append(time.perf_counter() - now)
+                if status != 200:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+def measure(port: int, body: bytes, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    """Closed-loop load: ``concurrency`` connections each sending back-to-back for warmup + duration."""
+    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    latencies: list[float] = []
+    errors: list[int] = []
+
+    async def run() -> None:
+        start = time.perf_counter()
+        await asyncio.gather(*(_user(port, request, start + warmup + duration, start + warmup, latencies, errors)
+                               for _ in range(concurrency)))
+
+    asyncio.run(run())
+    lat = np.array(latencies) * 1000
+    return {"requests_per_s": len(lat) / duration, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "requests": len(lat), "errors": len(errors)}
+
+
+def run_points(port: int, bodies: dict[str, bytes], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    points = {}
+    for name, body, conc in (("single_c1", bodies["single"], 1), ("single_c32", bodies["single"], 32),
+                             ("batch64_c4", bodies["batch"], 4)):
+        result = measure(port, body, conc, args.duration, args.warmup)
+        if name.startswith("batch"):
+            result["images_per_s"] = result["requests_per_s"] * BATCH
+        points[name] = result
+        print(f"  {name:12s} {result['requests_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+              f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}", flush=True)
+    return points
+
+
+def start_peer(model: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "peer_fastapi.py"), "--model", str(model),
+                             "--port", str(port)], cwd=ROOT)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def start_serve(model: Path, port: int, variant: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(VARIANT_ENV[variant])
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--serve.checkpoint", str(model),
+                             "--serve.port", str(port)], cwd=ROOT, env=env)
+    wait_http(f"http://127.0.0.1:{port}/readyz", timeout_s=180)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def rows_for(server: str, points: dict[str, dict[str, Any]], peer: dict[str, dict[str, Any]]) -> list[dict]:
+    rows = []
+    for point, result in points.items():
+        figure, better = ("images_per_s", "higher") if point.startswith("batch") else ("requests_per_s", "higher")
+        for key in (figure, "p50_ms", "p99_ms"):
+            rows.append({"server": server, "point": point, "figure": key, "value": result[key],
+                         "peer": peer[point][key], "ratio": result[key] / peer[point][key],
+                         "better": better if key == figure else "lower"})
+    return rows
+
+
+def write_results(rows: list[dict], out: Path, command: str, duration: float) -> None:
+    machine = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.json").write_text(json.dumps({**machine, "command": command, "duration_s": duration,
+                                                "rows": rows}, indent=2))
+    lines = [f"Serving benchmark: `{command}` on {machine['cpus']} CPUs ({duration:g} s per point). "
+             "Ratio = Ray Serve / plain FastAPI peer.", "",
+             "| server | point | figure | value | peer | ratio |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['server']} | {r['point']} | {r['figure']} | {r['value']:.2f} | {r['peer']:.2f} | "
+              f"{r['ratio']:.2f}x |" for r in rows]
+    (out / "serve.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ray Serve endpoint vs plain FastAPI peer")
+    parser.add_argument("--variants", default="project", help=f"comma list of {', '.join(VARIANT_ENV)}")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each point")
+    parser.add_argument("--model", help="model folder to serve (default: an untrained reference MLP)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANT_ENV:
+            parser.error(f"unknown variant {v!r} (known: {', '.join(VARIANT_ENV)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else make_model(Path(tmp) / "model")
+        bodies = payloads()
+        port = free_port()
+        print("peer: FastAPI + uvicorn, one worker per core", flush=True)
+        proc = start_peer(model, port)
+        try:
+            peer = run_points(port, bodies, args)
+        finally:
+            stop(proc)
+        rows = []
+        for variant in variants:
+            print(f"ray serve ({variant})", flush=True)
+            proc = start_serve(model, port, variant)
+            try:
+                rows += rows_for(f"ray-serve-{variant}", run_points(port, bodies, args), peer)
+            finally:
+                stop(proc)
+    write_results(rows, Path(args.out), " ".join(["python", "benchmarks/bench_serve.py"] + sys.argv[1:]),
+                  args.duration)
+    for row in rows:
+        if (row["point"], row["figure"]) in (("single_c32", "requests_per_s"), ("single_c1", "p50_ms")):
+            target = ">= 1.0x" if row["figure"] == "requests_per_s" else "<= 2.0x"
+            print(f"{row['server']}: {row['point']} {row['figure']} ratio {row['ratio']:.2f}x (target {target})")
+
+
+if __name__ == "__main__":
+    main()

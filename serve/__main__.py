@@ -1,0 +1,64 @@
+"""``python -m serve`` (console script ``mlp-serve``): serve the promoted model locally until Ctrl-C.
+
+With no arguments it serves ``latest`` from the default registry
+(``$MLP_HOME/registry``) on http://127.0.0.1:8000. Every ``--serve.*`` and
+``--registry.*`` option of ``mlp.config`` applies, as does ``--config FILE.yaml``.
+It joins ``RAY_ADDRESS`` when set, otherwise starts a local Ray. For a
+cluster, prefer ``serve deploy cluster/serve_config.yaml`` (same application).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from typing import Optional, Sequence
+
+from mlp.cli import make_parser, parse_config
+from serve.predictor import ModelSource
+
+APP_NAME = "mlp"
+log = logging.getLogger("serve")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser("python -m serve", "Serve the promoted MLP over HTTP with Ray Serve "
+                         "(JSON pixels or PNG/JPEG images to POST /predict; docs at /docs).",
+                         sections=("serve", "registry"))
+    cfg, _ = parse_config(parser, argv)
+    source = ModelSource.from_config(cfg)
+    try:
+        folder = source.resolve()  # fail here, with the fix in the message, not inside a replica
+    except FileNotFoundError as err:
+        print(f"python -m serve: {err}", file=sys.stderr)
+        return 1
+
+    from ray import serve
+
+    from mlp.distributed import init_ray
+    from serve.app import build_from_config
+    from serve.options import http_options
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    init_ray()
+    serve.start(http_options=http_options(cfg.serve))
+    serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
+    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    log.info("serving %s (%s) at %s  -- docs: %s/docs, Ctrl-C to stop", source.version
+             if not source.checkpoint else source.checkpoint, folder, url, url)
+    # Stop cleanly on Ctrl-C and on SIGTERM (systemd, `kill`, CI), also when started in the background.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

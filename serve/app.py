@@ -1,0 +1,171 @@
+"""The Ray Serve application: a FastAPI ingress around one ``Predictor``, with batching and hot swap.
+
+``build_app(args)`` is the one entry point for ``serve run serve.app:build_app``,
+``serve deploy cluster/serve_config.yaml`` and ``python -m serve``: it turns the
+arguments into the typed ``mlp.config.Config`` at once and derives every Ray
+option (replicas, autoscaling, queue limits, CPUs, batching) from it.
+
+Hot swap, two ways, neither restarts a replica nor drops a request:
+
+* ``user_config`` ``{"version": ..., "checkpoint": ...}`` -> ``reconfigure``:
+  changing it in the YAML and re-running ``serve deploy`` updates every
+  replica in place.
+* While the source is ``latest``, each replica checks the registry pointer
+  every ``WATCH_INTERVAL_S`` seconds and loads a newly promoted version;
+  ``POST /admin/reload`` makes the replica that receives it check at once.
+
+A swap loads the new model in a thread and then replaces one reference; a
+batch already running keeps the predictor it started with.
+"""
+
+# No ``from __future__ import annotations``: FastAPI must see ``Request`` as a class, not a string,
+# in the methods Serve's ingress rebinds.
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mlp.config import Config, ConfigError, ServeConfig
+from serve.inputs import InputError
+from serve.options import config_from_app_args, deployment_options
+from serve.predictor import ModelSource, Predictor, load_predictor
+from serve.web import PREDICT_OPENAPI, error_response, json_response, parse_request, prediction_body, split_rows
+
+log = logging.getLogger("ray.serve")
+WATCH_INTERVAL_S = 1.0  # a readlink per second per replica: cheap, and a promotion shows within ~1 s
+DEPLOYMENT_NAME = "MLPService"
+
+api = FastAPI(
+    title="MLP inference",
+    description="Digit / Fashion-MNIST classifier served by Ray Serve. POST JSON pixels or an image to /predict.",
+)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress(api)
+class MLPService:
+    """One replica: the current predictor, a batching queue and a registry watcher."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.cfg = Config.from_dict(config)
+        torch.set_num_threads(max(1, int(self.cfg.serve.replica_cpus)))
+        self.source = ModelSource.from_config(self.cfg)
+        self.predictor: Optional[Predictor] = None
+        self.problem = "no model loaded yet"
+        self.loaded_at = 0.0
+        self._lock = asyncio.Lock()
+        self._infer.set_max_batch_size(self.cfg.serve.max_batch_size)
+        self._infer.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
+        """Serve this source from now on: ``{"version": "latest" | "vN", "checkpoint": path | null}``."""
+        unknown = set(user_config) - {"version", "checkpoint"}
+        if unknown:
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (known: version, checkpoint)")
+        serve_cfg = ServeConfig(**{**self.cfg.serve.__dict__, **user_config})  # validates the version
+        self.source = ModelSource(self.source.registry, self.source.model_name,
+                                  serve_cfg.version, serve_cfg.checkpoint)
+        await self._refresh(force=True)
+
+    async def _refresh(self, force: bool = False) -> bool:
+        """Load the source's current folder if it differs from the one being served; True if swapped."""
+        async with self._lock:
+            try:
+                folder = await asyncio.to_thread(self.source.resolve)
+                if not force and self.predictor is not None and Path(self.predictor.info.path) == folder:
+                    return False
+                predictor = await asyncio.to_thread(load_predictor, self.source)
+            except (OSError, ValueError, RuntimeError, ConfigError) as err:
+                self.problem = f"cannot load {self.source}: {err}"
+                log.warning(self.problem)
+                return False
+            old = self.predictor.version if self.predictor else None
+            self.predictor, self.problem, self.loaded_at = predictor, "", time.time()
+            log.info("serving model %s (was %s)", predictor.version, old)
+            return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            if self.predictor is None or (self.source.version == "latest" and not self.source.checkpoint):
+                await self._refresh()
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _infer(self, items: list[tuple[Predictor, np.ndarray]]) -> list[tuple[str, list[dict[str, Any]]]]:
+        """One model call for every request that arrived together; each keeps the predictor it started with."""
+        results: list[tuple[str, list[dict[str, Any]]]] = []
+        start = 0
+        while start < len(items):  # group by predictor: only a swap mid-batch makes more than one group
+            predictor = items[start][0]
+            end = start
+            while end < len(items) and items[end][0] is predictor:
+                end += 1
+            group = [x for _, x in items[start:end]]
+            probs = predictor.predict_proba(np.concatenate(group) if len(group) > 1 else group[0])
+            for rows in split_rows(probs, [len(x) for x in group]):
+                results.append((predictor.version, predictor.format(rows)))
+            start = end
+        return results
+
+    @api.post("/predict", openapi_extra=PREDICT_OPENAPI,
+              summary="Classify one instance, a batch, or an uploaded image")
+    async def predict(self, request: Request) -> Response:
+        predictor = self.predictor
+        if predictor is None:
+            return json_response({"error": self.problem, "status": 503}, status=503)
+        try:
+            parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset)
+        except InputError as err:
+            return error_response(err)
+        try:
+            async with asyncio.timeout(self.cfg.serve.request_timeout_s):  # no extra task, unlike wait_for
+                version, predictions = await self._infer((predictor, parsed.x))
+        except asyncio.TimeoutError:
+            return json_response({"error": f"prediction took longer than {self.cfg.serve.request_timeout_s}s",
+                                  "status": 504}, status=504)
+        return json_response(prediction_body(predictions, parsed.single, version))
+
+    @api.get("/healthz", summary="Liveness: the replica answers")
+    async def healthz(self) -> Response:
+        return json_response({"status": "ok"})
+
+    @api.get("/readyz", summary="Readiness: a model is loaded")
+    async def readyz(self) -> Response:
+        if self.predictor is None:
+            return json_response({"ready": False, "error": self.problem}, status=503)
+        return json_response({"ready": True, "version": self.predictor.version})
+
+    @api.get("/model", summary="The model being served: version, metrics, provenance")
+    async def model(self) -> Response:
+        if self.predictor is None:
+            return json_response({"error": self.problem, "status": 503}, status=503)
+        return json_response({**self.predictor.info.to_dict(), "loaded_at": self.loaded_at,
+                              "source": {"registry": self.source.registry, "model_name": self.source.model_name,
+                                         "version": self.source.version, "checkpoint": self.source.checkpoint},
+                              "problem": self.problem or None})
+
+    @api.post("/admin/reload", summary="Re-read the registry now (this replica; others within a second)")
+    async def reload(self) -> Response:
+        changed = await self._refresh()
+        if self.predictor is None:
+            return json_response({"error": self.problem, "status": 503}, status=503)
+        return json_response({"version": self.predictor.version, "changed": changed, "problem": self.problem or None})
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The application for ``serve run`` / ``serve deploy`` / ``python -m serve``."""
+    return build_from_config(config_from_app_args(args))
+
+
+def build_from_config(cfg: Config) -> serve.Application:
+    """Same as ``build_app`` for callers that already hold a ``Config`` (the CLI, tests)."""
+    return MLPService.options(**deployment_options(cfg.serve)).bind(cfg.to_dict())

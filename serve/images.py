@@ -1,0 +1,129 @@
+"""Uploaded PNG/JPEG -> one 28x28 model input, by a fixed, documented rule.
+
+The rule (also in docs/serve.md):
+
+1. Only PNG and JPEG are decoded. The pixel count (width x height) is checked
+   from the header *before* decoding, so a decompression bomb costs nothing.
+2. EXIF orientation is applied (phone photos), transparency is flattened onto
+   white (a transparent background reads as paper), then the image becomes
+   8-bit grayscale.
+3. Inversion: the datasets are light ink on a black background. With
+   ``invert=auto`` (default) the image is inverted when the mean of its
+   outermost one-pixel ring is above 127.5, i.e. when the background is light
+   (dark ink on paper). ``invert=true`` / ``invert=false`` force it.
+4. An image that is already 28x28 is used as it is, so a dataset image saved
+   as PNG gives exactly its array back.
+5. Any other size is framed the way the dataset was built: the background
+   level (median of the ring) is subtracted and the contrast stretched, the
+   image is cropped to the ink's bounding box, scaled so its longer side is
+   20 px (MNIST; 28 px for Fashion-MNIST and synthetic) and pasted into a black
+   28x28 canvas, centred on its centre of mass (MNIST) or its box (others).
+6. Pixels are scaled with ``mlp.data.to_model_input`` (uint8 / 255), the one
+   preprocessing training applies.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mlp.data import to_model_input
+from serve.inputs import SIDE, InputError
+
+FORMATS = ("PNG", "JPEG")
+INVERT_CHOICES = ("auto", "true", "false")
+BOX = {"mnist": 20}  # longer side of the framed object; other datasets fill the canvas
+INK_LEVEL = 0.2  # share of the brightest pixel that counts as ink when cropping
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Open PNG/JPEG bytes as grayscale, refusing empty, undecodable and oversized images."""
+    if not data:
+        raise InputError(400, "empty image: the uploaded file has 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
+            OSError, SyntaxError, ValueError) as err:
+        size = _png_size(data)
+        if size is not None and 0 in size:  # Pillow refuses these without saying why
+            raise InputError(422, f"zero-size image: {size[0]}x{size[1]} pixels") from None
+        raise InputError(422, f"cannot decode image (PNG or JPEG expected): {err}") from None
+    width, height = img.size
+    if width == 0 or height == 0:
+        raise InputError(422, f"zero-size image: {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise InputError(413, f"image of {width}x{height} = {width * height} pixels is above "
+                              f"the limit of {max_pixels} pixels")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, rgba)
+        return img.convert("L")
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt pixel data
+        raise InputError(422, f"cannot decode image (PNG or JPEG expected): {err}") from None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR chunk, read without decoding."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _ring(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
+def _frame(pixels: np.ndarray, dataset: str) -> np.ndarray:
+    """Stretch, crop to the ink, scale and centre a light-on-dark image into 28x28 (step 5)."""
+    background = float(np.median(_ring(pixels)))
+    peak = float(pixels.max())
+    if peak > background:
+        pixels = np.clip((pixels - background) / (peak - background), 0.0, 1.0) * 255.0
+    ink = np.argwhere(pixels > INK_LEVEL * max(float(pixels.max()), 1.0))
+    if len(ink):
+        (top, left), (bottom, right) = ink.min(0), ink.max(0) + 1
+        pixels = pixels[top:bottom, left:right]
+    box = BOX.get(dataset, SIDE)
+    height, width = pixels.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    glyph = np.asarray(Image.fromarray(pixels.astype(np.uint8)).resize(size, Image.LANCZOS), dtype=np.float64)
+    canvas = np.zeros((SIDE, SIDE))
+    if dataset == "mnist" and glyph.sum() > 0:  # MNIST centres the centre of mass
+        rows, cols = np.indices(glyph.shape)
+        cy, cx = (rows * glyph).sum() / glyph.sum(), (cols * glyph).sum() / glyph.sum()
+        top, left = round(SIDE / 2 - cy), round(SIDE / 2 - cx)
+    else:
+        top, left = (SIDE - glyph.shape[0]) // 2, (SIDE - glyph.shape[1]) // 2
+    top = min(max(top, 0), SIDE - glyph.shape[0])
+    left = min(max(left, 0), SIDE - glyph.shape[1])
+    canvas[top:top + glyph.shape[0], left:left + glyph.shape[1]] = glyph
+    return canvas
+
+
+def to_input(img: Image.Image, dataset: str, invert: str = "auto") -> np.ndarray:
+    """A grayscale image -> float32 [784] in [0, 1] (steps 3 to 6 of the module docstring)."""
+    if invert not in INVERT_CHOICES:
+        raise InputError(422, f"invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
+    pixels = np.asarray(img, dtype=np.float64)
+    if invert == "true" or (invert == "auto" and _ring(pixels).mean() > 127.5):
+        pixels = 255.0 - pixels
+    if pixels.shape != (SIDE, SIDE):
+        pixels = _frame(pixels, dataset)
+    as_uint8 = torch.from_numpy(np.rint(pixels).astype(np.uint8)).reshape(1, SIDE * SIDE)
+    return to_model_input(as_uint8).numpy()[0]
+
+
+def image_to_input(data: bytes, dataset: str, max_pixels: int, invert: str = "auto") -> np.ndarray:
+    """Bytes of an uploaded image -> float32 [784] in [0, 1]."""
+    return to_input(decode(data, max_pixels), dataset, invert)

@@ -1,0 +1,125 @@
+"""The Ray-free predictor: one promoted model (or checkpoint) in memory, answering batches.
+
+Serve's deployment, the plain-FastAPI benchmark peer, the client's offline
+comparison and the unit tests all use this class, so every path preprocesses
+and post-processes the same way. It never imports Ray.
+
+What it does *not* do: parse HTTP bodies or images (``serve.inputs``,
+``serve.images``) or decide when to reload (the deployment does).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from mlp.checkpoint import load_model, read_state
+from mlp.config import Config
+from mlp.data import CLASS_NAMES
+from mlp.model import INPUT_SIZE, MLP
+from mlp.registry import resolve_version
+
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a registry version (``latest`` or ``vN``) or a checkpoint folder."""
+
+    registry: str
+    model_name: str
+    version: str = "latest"
+    checkpoint: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ModelSource":
+        return cls(cfg.registry.path, cfg.registry.model_name, cfg.serve.version, cfg.serve.checkpoint)
+
+    def resolve(self) -> Path:
+        """The folder this source points at *now*; ``latest`` follows the registry pointer."""
+        if self.checkpoint:
+            folder = Path(self.checkpoint).expanduser()
+            if not (folder / "model.pt").is_file():
+                raise FileNotFoundError(f"{folder} is not a checkpoint: model.pt is missing")
+            return folder.resolve()
+        return resolve_version(self.registry, self.model_name, self.version).resolve()
+
+
+@dataclass
+class ModelInfo:
+    """What ``GET /model`` shows: which model answers, how good it was, where it came from."""
+
+    version: str
+    path: str
+    dataset: str
+    class_names: list[str]
+    model: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "path": self.path, "dataset": self.dataset,
+                "class_names": self.class_names, "model": self.model,
+                "metrics": self.metrics, "provenance": self.provenance}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class Predictor:
+    """A model in eval mode plus its class names; ``predict`` takes float [N, 784] in [0, 1]."""
+
+    def __init__(self, model: MLP, cfg: Config, info: ModelInfo) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.info = info
+
+    @property
+    def version(self) -> str:
+        return self.info.version
+
+    @torch.inference_mode()
+    def predict_proba(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+        """Softmax probabilities, float32 [N, 10]; the input is already model input (see ``mlp.data``)."""
+        tensor = torch.as_tensor(x, dtype=torch.float32).reshape(-1, INPUT_SIZE)
+        return torch.softmax(self.model(tensor), dim=1).numpy()
+
+    def predict(self, x: Union[np.ndarray, torch.Tensor]) -> list[dict[str, Any]]:
+        """One ``{label, class_name, probabilities}`` per row."""
+        return self.format(self.predict_proba(x))
+
+    def format(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        labels = probs.argmax(axis=1).tolist()
+        names = self.info.class_names
+        return [{"label": label, "class_name": names[label], "probabilities": row}
+                for label, row in zip(labels, probs.tolist())]
+
+
+def load_predictor(source: Union[ModelSource, PathLike]) -> Predictor:
+    """Load a registry version or a checkpoint folder; the model is rebuilt from its saved config.
+
+    Weights load with ``weights_only=True`` (inside ``mlp.checkpoint.load_model``):
+    nothing in the folder is unpickled.
+    """
+    folder = source.resolve() if isinstance(source, ModelSource) else Path(source).expanduser().resolve()
+    model, cfg = load_model(folder)
+    from_registry = isinstance(source, ModelSource) and not source.checkpoint
+    metrics = _read_json(folder / "metrics.json")
+    if not metrics:  # a training checkpoint: its progress file is the closest thing to metrics
+        metrics = {k: v for k, v in read_state(folder).items() if k != "history"}
+    info = ModelInfo(
+        version=folder.name if from_registry else f"checkpoint:{folder.name}",
+        path=str(folder),
+        dataset=cfg.data.dataset,
+        class_names=list(CLASS_NAMES[cfg.data.dataset]),
+        model={"hidden_sizes": cfg.model.hidden_sizes, "activation": cfg.model.activation},
+        metrics=metrics,
+        provenance=_read_json(folder / "provenance.json"),
+    )
+    return Predictor(model, cfg, info)

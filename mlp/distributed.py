@@ -51,7 +51,9 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg = Config.from_dict(config)
     set_threads(cfg)
     # Ray Train logs every report and checkpoint at INFO; our own progress line says the same once.
-    for name in ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage"):
+    import ray.train.v2._internal.execution.context as train_context  # its logger is named by file path
+
+    for name in (train_context.__file__, "ray.train.v2._internal.execution.storage"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -55,7 +55,13 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
           f"{cfg.data.dataset}; results in {run_dir}", flush=True)
     started = time.perf_counter()
     init_ray()
-    result = build_trainer(cfg).fit()
+    try:
+        result = build_trainer(cfg).fit()
+    except (KeyboardInterrupt, SystemExit):  # Ray Train turns Ctrl-C into a graceful abort + exit
+        print(f"\ninterrupted: run this command again with --run.name {cfg.run.name} "
+              f"--run.storage_path {cfg.run.storage_path} to resume from the last checkpoint",
+              file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {run_dir}")
     with result.checkpoint.as_directory() as folder:

@@ -42,15 +42,18 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
-    """One SGD step; returns (summed loss, correct predictions) for the batch."""
+               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns (summed loss, correct predictions) for the batch.
+
+    Both stay tensors on the model's device: calling ``.item()`` every step
+    would stall a GPU, so the caller sums them and reads them once per epoch.
+    """
     optimizer.zero_grad(set_to_none=True)
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     loss.backward()
     optimizer.step()
-    # Kept as tensors by the caller would be faster on GPU; .item() here is cheap on CPU.
-    return loss.item() * len(y), int((logits.argmax(1) == y).sum())
+    return loss.detach() * len(y), (logits.detach().argmax(1) == y).sum()
 
 
 @torch.no_grad()
@@ -74,13 +77,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits
     model.train()
     idx = shard_indices(len(data.train_x), epoch, cfg.data.seed, rank, world).to(data.train_x.device)
     per_worker = max(1, cfg.train.batch_size // world)
-    total_loss, correct = 0.0, 0
+    total_loss = torch.zeros((), device=data.train_x.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.train_x.device)
     for start in range(0, len(idx), per_worker):
         batch = idx[start:start + per_worker]
         loss, right = train_step(model, optimizer, data.train_x[batch], data.train_y[batch])
         total_loss += loss
         correct += right
-    return total_loss / len(idx), correct / len(idx), len(idx) * world
+    return total_loss.item() / len(idx), correct.item() / len(idx), len(idx) * world
 
 
 def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits,

@@ -1,0 +1,151 @@
+"""``python -m serve.client`` (console script ``mlp-client``): talk to a running endpoint.
+
+    python -m serve.client image digit.png          # upload a PNG/JPEG, print the prediction
+    python -m serve.client sample --index 7         # one test-set image as JSON, with its true label
+    python -m serve.client batch --count 16         # a batch of test-set images
+    python -m serve.client score                    # accuracy over the whole test set
+    python -m serve.client model | health | reload
+
+The test set is the served model's own dataset (asked from ``GET /model``)
+unless ``--dataset`` says otherwise. Plain HTTP with httpx: no Ray needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import httpx
+
+from mlp.config import DATASETS, DataConfig
+
+
+class EndpointError(RuntimeError):
+    """The endpoint answered with an error; the message is its JSON error text."""
+
+
+def _check(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"error": resp.text.strip()}
+    if resp.status_code >= 400:
+        raise EndpointError(f"HTTP {resp.status_code}: {body.get('error', body)}")
+    return body
+
+
+def predict_json(client: httpx.Client, instances: Any) -> dict[str, Any]:
+    """POST one instance (a flat list) or ``{"instances": [...]}``."""
+    return _check(client.post("/predict", content=json.dumps(instances),
+                              headers={"content-type": "application/json"}))
+
+
+def predict_image(client: httpx.Client, path: Path, invert: str = "auto") -> dict[str, Any]:
+    with path.open("rb") as handle:
+        return _check(client.post("/predict", params={"invert": invert}, files={"file": (path.name, handle)}))
+
+
+def _test_set(client: httpx.Client, dataset: Optional[str], data_dir: Optional[str]):
+    from mlp.data import load_test
+
+    dataset = dataset or _check(client.get("/model"))["dataset"]
+    return load_test(DataConfig(dataset=dataset, dir=data_dir))
+
+
+def _line(pred: dict[str, Any], truth: Optional[str] = None) -> str:
+    confidence = max(pred["probabilities"])
+    text = f"{pred['label']}  {pred['class_name']:<12} p={confidence:.3f}"
+    return text + (f"  (true: {truth})" if truth is not None else "")
+
+
+def score(client: httpx.Client, x, y, batch_size: int, concurrency: int) -> dict[str, Any]:
+    """Accuracy of the endpoint over (x, y), sent as ``batch_size`` batches, ``concurrency`` at a time."""
+    starts = range(0, len(x), batch_size)
+
+    def send(start: int) -> list[int]:
+        body = predict_json(client, {"instances": x[start:start + batch_size].tolist()})
+        return [p["label"] for p in body["predictions"]]
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        labels = [label for part in pool.map(send, starts) for label in part]
+    seconds = time.perf_counter() - began
+    correct = sum(int(a == b) for a, b in zip(labels, y.tolist()))
+    return {"images": len(labels), "accuracy": correct / len(labels), "seconds": seconds,
+            "images_per_s": len(labels) / seconds}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serve.client", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="endpoint base URL")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sub = parser.add_subparsers(dest="command", required=True)
+    image = sub.add_parser("image", help="upload PNG/JPEG files")
+    image.add_argument("files", nargs="+", type=Path)
+    image.add_argument("--invert", choices=("auto", "true", "false"), default="auto")
+    for name, help_text in (("sample", "one test-set image"), ("batch", "a batch of test-set images"),
+                            ("score", "accuracy on the whole test set")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--dataset", choices=DATASETS, help="default: the served model's dataset")
+        cmd.add_argument("--data-dir", help="folder with the IDX files (see mlp.data)")
+        if name == "sample":
+            cmd.add_argument("--index", type=int, default=0)
+        elif name == "batch":
+            cmd.add_argument("--start", type=int, default=0)
+            cmd.add_argument("--count", type=int, default=16)
+        else:
+            cmd.add_argument("--limit", type=int, default=0, help="score only the first N images (0 = all)")
+            cmd.add_argument("--batch-size", type=int, default=500)
+            cmd.add_argument("--concurrency", type=int, default=2)
+    for name, help_text in (("model", "what is being served"), ("health", "liveness and readiness"),
+                            ("reload", "re-read the registry now")):
+        sub.add_parser(name, help=help_text)
+    return parser
+
+
+def run(args: argparse.Namespace, client: httpx.Client) -> None:
+    if args.command == "image":
+        for path in args.files:
+            print(f"{path}: {_line(predict_image(client, path, args.invert))}")
+    elif args.command in ("sample", "batch"):
+        x, y = _test_set(client, args.dataset, args.data_dir)
+        first, count = (args.index, 1) if args.command == "sample" else (args.start, args.count)
+        body = predict_json(client, {"instances": x[first:first + count].tolist()})
+        names = _check(client.get("/model"))["class_names"]
+        print(f"model {body['version']}")
+        for i, pred in enumerate(body["predictions"], start=first):
+            print(f"#{i}: {_line(pred, names[int(y[i])])}")
+    elif args.command == "score":
+        x, y = _test_set(client, args.dataset, args.data_dir)
+        if args.limit:
+            x, y = x[:args.limit], y[:args.limit]
+        result = score(client, x, y, args.batch_size, args.concurrency)
+        print(f"accuracy {result['accuracy']:.4f} on {result['images']} images "
+              f"({result['images_per_s']:,.0f} images/s)")
+    elif args.command == "health":
+        print(json.dumps({"healthz": _check(client.get("/healthz")), "readyz": _check(client.get("/readyz"))}))
+    elif args.command == "model":
+        print(json.dumps(_check(client.get("/model")), indent=2))
+    else:
+        print(json.dumps(_check(client.post("/admin/reload"))))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    with httpx.Client(base_url=args.url, timeout=args.timeout) as client:
+        try:
+            run(args, client)
+        except (EndpointError, httpx.HTTPError, OSError) as err:
+            print(f"python -m serve.client: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

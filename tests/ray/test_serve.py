@@ -1,0 +1,280 @@
+"""The Serve endpoint over real HTTP on the shared local cluster.
+
+One application serves ``latest`` from a temporary registry (v1 at first; the
+hot-swap test promotes v2), trained for a moment on a Fashion-MNIST subset.
+Every answer is compared with the offline ``Predictor`` of the version the
+answer names. Serve is shut down at the end of the module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from ray import serve
+
+from mlp.checkpoint import save_checkpoint
+from mlp.config import Config
+from mlp.data import Splits, load_test
+from mlp.loop import fit, prepare
+from mlp.registry import make_provenance, promote
+from serve import client as serve_client
+from serve.app import build_from_config
+from serve.options import http_options
+from serve.predictor import load_predictor
+
+N_TEST = 1000
+SERVE = {"min_replicas": 1, "max_replicas": 1, "max_instances": 256, "max_body_bytes": 2_000_000,
+         "max_image_pixels": 1_000_000}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_checkpoint(tmp: Path, seed: int, width: int) -> tuple[Path, Config]:
+    """A few seconds of real training on 3,000 Fashion-MNIST images."""
+    cfg = Config.from_dict({
+        "data": {"dataset": "fashion-mnist", "seed": seed}, "model": {"hidden_sizes": [width]},
+        "train": {"epochs": 2}, "run": {"storage_path": str(tmp / "runs")},
+        "registry": {"path": str(tmp / "registry")}, "serve": {**SERVE, "port": free_port()}})
+    model, optimizer, data, state = prepare(cfg, torch.device("cpu"))
+    data = Splits(data.train_x[:3000], data.train_y[:3000], data.val_x[:500], data.val_y[:500])
+    fit(cfg, model, optimizer, data, state, lambda *_: None)
+    return save_checkpoint(tmp / f"checkpoint-{seed}", model, cfg, {"epoch": 2}), cfg
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    first, cfg = train_checkpoint(tmp, seed=0, width=32)
+    second, _ = train_checkpoint(tmp, seed=1, width=64)
+    promote(cfg.registry.path, "mlp", first, {"test_accuracy": 0.7}, make_provenance(cfg, str(first)))
+    serve.start(http_options=http_options(cfg.serve))
+    serve.run(build_from_config(cfg), name="mlp", route_prefix="/")
+    url = f"http://127.0.0.1:{cfg.serve.port}"
+    x, y = load_test(cfg.data)
+    offline = {"v1": load_predictor(first)}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        yield {"url": url, "http": http, "cfg": cfg, "x": x[:N_TEST], "y": y[:N_TEST], "offline": offline,
+               "second": second}
+    serve.shutdown()
+
+
+def post_json(http: httpx.Client, body) -> httpx.Response:
+    return http.post("/predict", content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def assert_matches_offline(endpoint, answers: list[dict], x: torch.Tensor) -> None:
+    for answer, row in zip(answers, x):
+        expected = endpoint["offline"][answer["version"]].predict(row[None])[0]
+        assert answer["label"] == expected["label"]
+        assert np.allclose(answer["probabilities"], expected["probabilities"], atol=1e-5)
+
+
+def test_health_ready_model_and_docs(endpoint):
+    http = endpoint["http"]
+    assert http.get("/healthz").json() == {"status": "ok"}
+    assert http.get("/readyz").json() == {"ready": True, "version": "v1"}
+    model = http.get("/model").json()
+    assert model["version"] == "v1" and model["dataset"] == "fashion-mnist"
+    assert model["metrics"]["test_accuracy"] == 0.7 and model["provenance"]["version"] == "v1"
+    assert model["class_names"][9] == "Ankle boot"
+    assert "/predict" in http.get("/openapi.json").json()["paths"]
+    assert http.get("/docs").status_code == 200
+
+
+def test_json_batch_and_single_agree_with_offline_model(endpoint):
+    http, x = endpoint["http"], endpoint["x"]
+    offline = endpoint["offline"]["v1"].predict(x)
+    batched = []
+    for start in range(0, N_TEST, 100):
+        resp = post_json(http, {"instances": x[start:start + 100].tolist()})
+        assert resp.status_code == 200, resp.text
+        batched += [{**p, "version": resp.json()["version"]} for p in resp.json()["predictions"]]
+    assert [p["label"] for p in batched] == [p["label"] for p in offline]
+    assert_matches_offline(endpoint, batched, x)
+
+    def single(i: int) -> dict:
+        resp = post_json(http, x[i].tolist() if i % 2 else x[i].reshape(28, 28).tolist())
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    with ThreadPoolExecutor(8) as pool:  # concurrent, so the server's batching is exercised too
+        singles = list(pool.map(single, range(N_TEST)))
+    assert [p["label"] for p in singles] == [p["label"] for p in offline]
+    assert_matches_offline(endpoint, singles, x)
+    assert singles[0]["class_name"] == endpoint["offline"]["v1"].info.class_names[singles[0]["label"]]
+
+
+def png_bytes(row: torch.Tensor) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.rint(row.reshape(28, 28).numpy() * 255).astype(np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_png_upload_predicts_like_its_array(endpoint):
+    http, x = endpoint["http"], endpoint["x"]
+    for i in range(20):
+        as_json = post_json(http, x[i].tolist()).json()
+        upload = http.post("/predict", files={"file": (f"{i}.png", png_bytes(x[i]), "image/png")}).json()
+        raw = http.post("/predict", content=png_bytes(x[i]), headers={"content-type": "image/png"}).json()
+        for answer in (upload, raw):
+            assert answer["label"] == as_json["label"]
+            assert np.allclose(answer["probabilities"], as_json["probabilities"], atol=1e-6)
+
+
+def _image(size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("L", size).save(out, format=fmt)
+    return out.getvalue()
+
+
+def _zero_width_png() -> bytes:
+    import zlib
+
+    data = bytearray(_image((28, 28)))
+    data[16:20] = (0).to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+JSON = {"content-type": "application/json"}
+ROW = [0.5] * 784
+BAD_REQUESTS = {
+    "malformed JSON": (dict(content=b'{"instances": [0.1,', headers=JSON), 400, "malformed JSON"),
+    "wrong content type": (dict(content=b"0.1 0.2", headers={"content-type": "text/plain"}), 415,
+                           "unsupported content type 'text/plain'"),
+    "empty body": (dict(content=b"", headers=JSON), 400, "empty body"),
+    "empty batch": (dict(content=b'{"instances": []}', headers=JSON), 422, "empty batch"),
+    "batch above the limit": (dict(content=json.dumps({"instances": [[0] * 784] * 257}), headers=JSON), 413,
+                              "batch of 257 instances is above the limit of 256"),
+    "body above the size limit": (dict(content=b"[" + b"0.5," * 600_000 + b"0.5]", headers=JSON), 413,
+                                  "above the limit of 2000000 bytes"),
+    "wrong vector length": (dict(content=json.dumps(ROW[:100]), headers=JSON), 422, "wrong vector length"),
+    "non-numeric values": (dict(content=json.dumps(ROW[:-1] + ["0.5"]), headers=JSON), 422, "non-numeric"),
+    "NaN": (dict(content=json.dumps(ROW[:-1] + [float("nan")]), headers=JSON), 422, "NaN or infinite"),
+    "Inf": (dict(content=json.dumps({"instances": [ROW, ROW[:-1] + [float("inf")]]}), headers=JSON), 422,
+            "NaN or infinite value in instance 1"),
+    "values outside [0, 1]": (dict(content=json.dumps(ROW[:-1] + [255]), headers=JSON), 422, "outside [0, 1]"),
+    "ragged nested arrays": (dict(content=json.dumps([[0.5] * 28] * 27 + [[0.5] * 3]), headers=JSON), 422,
+                             "ragged"),
+    "undecodable image": (dict(files={"file": ("x.png", b"\x89PNG but not really", "image/png")}), 422,
+                          "cannot decode image"),
+    "undecodable raw image": (dict(content=b"\xff\xd8 not a jpeg", headers={"content-type": "image/jpeg"}), 422,
+                              "cannot decode image"),
+    "zero-byte image": (dict(files={"file": ("x.png", b"", "image/png")}), 400, "empty image"),
+    "zero-size image": (dict(files={"file": ("x.png", _zero_width_png(), "image/png")}), 422, "zero-size image"),
+    "image above the pixel limit": (dict(files={"file": ("big.png", _image((1001, 1000)), "image/png")}), 413,
+                                    "1001x1000 = 1001000 pixels is above the limit of 1000000"),
+    "multipart without a file": (dict(data={"note": "hi"}, files={"other": ("x", b"1")}), 422, "field 'file'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_named_4xx_and_the_server_stays_healthy(endpoint, case):
+    kwargs, status, words = BAD_REQUESTS[case]
+    with httpx.Client(base_url=endpoint["url"], timeout=30) as http:  # a fresh connection per case
+        resp = http.post("/predict", **kwargs)
+        assert resp.status_code == status, resp.text
+        assert words in resp.json()["error"], resp.json()
+        assert http.get("/healthz").status_code == 200
+    assert post_json(endpoint["http"], ROW).status_code == 200
+
+
+def test_client_scores_the_endpoint(endpoint, capsys):
+    url = endpoint["url"]
+    assert serve_client.main(["--url", url, "score", "--limit", "500", "--batch-size", "100"]) == 0
+    offline = endpoint["offline"]["v1"].predict(endpoint["x"][:500])
+    accuracy = np.mean([p["label"] == int(t) for p, t in zip(offline, endpoint["y"][:500])])
+    assert f"accuracy {accuracy:.4f} on 500 images" in capsys.readouterr().out
+    assert serve_client.main(["--url", url, "sample", "--index", "3"]) == 0
+    assert "#3:" in capsys.readouterr().out
+
+
+def test_hot_swap_under_load(endpoint):
+    """Promote v2 while clients send continuously: no request fails and the answers switch to v2."""
+    cfg, x = endpoint["cfg"], endpoint["x"]
+    endpoint["offline"]["v2"] = load_predictor(endpoint["second"])
+    answers: list[tuple[int, dict]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def user(offset: int) -> None:
+        with httpx.Client(base_url=endpoint["url"], timeout=30) as http:
+            i = offset
+            while not stop.is_set():
+                try:
+                    resp = post_json(http, x[i % N_TEST].tolist())
+                    if resp.status_code == 200:
+                        answers.append((i % N_TEST, resp.json()))
+                    else:
+                        failures.append(f"{resp.status_code} {resp.text}")
+                except httpx.HTTPError as err:
+                    failures.append(repr(err))
+                i += 4
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    promote(cfg.registry.path, "mlp", endpoint["second"], {"test_accuracy": 0.8}, make_provenance(cfg, "v2"))
+    deadline = time.time() + 20
+    while time.time() < deadline and not any(a["version"] == "v2" for _, a in answers[-5:]):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    versions = [a["version"] for _, a in answers]
+    assert versions[0] == "v1" and versions[-1] == "v2", "answers switched to the new version"
+    assert_matches_offline(endpoint, [a for _, a in answers], torch.stack([x[i] for i, _ in answers]))
+    assert endpoint["http"].get("/model").json()["version"] == "v2"
+
+
+def test_pinned_version_via_user_config_and_reload(endpoint):
+    """Redeploying with ``serve.version=v1`` serves v1 although latest is v2; /admin/reload keeps it."""
+    cfg = Config.from_dict({**endpoint["cfg"].to_dict(), "serve": {**endpoint["cfg"].to_dict()["serve"],
+                                                                    "version": "v1"}})
+    serve.run(build_from_config(cfg), name="mlp", route_prefix="/")
+    http = endpoint["http"]
+    assert http.get("/model").json()["version"] == "v1"
+    assert http.post("/admin/reload").json() == {"version": "v1", "changed": False, "problem": None}
+    assert post_json(http, ROW).json()["version"] == "v1"
+
+
+def test_overload_answers_503_not_500_and_recovers(endpoint):
+    tight = Config.from_dict({**endpoint["cfg"].to_dict(), "serve": {
+        **endpoint["cfg"].to_dict()["serve"], "max_ongoing_requests": 1, "max_queued_requests": 1,
+        "batch_wait_timeout_s": 0.05, "max_batch_size": 2}})  # every request waits 50 ms for company
+    serve.run(build_from_config(tight), name="tight", route_prefix="/tight")
+    url = endpoint["url"] + "/tight"
+    barrier = threading.Barrier(24)
+
+    def one(_: int) -> int:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            barrier.wait()
+            return post_json(http, ROW).status_code
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            statuses = list(pool.map(one, range(24)))
+        assert 503 in statuses and 200 in statuses, statuses
+        assert set(statuses) <= {200, 503}, statuses
+        with httpx.Client(base_url=url, timeout=30) as http:
+            assert [post_json(http, ROW).status_code for _ in range(5)] == [200] * 5
+    finally:
+        serve.delete("tight")

@@ -205,7 +205,11 @@ class ServeConfig:
     version: str = field(default="latest", metadata=_help("registry version to serve: latest or vN"))
     checkpoint: Optional[str] = field(default=None, metadata=_help("serve this checkpoint folder instead"))
     max_batch_size: int = field(default=64, metadata=_help("dynamic batching: most requests per model call"))
-    batch_wait_timeout_s: float = field(default=0.002, metadata=_help("dynamic batching: longest wait to fill"))
+    batch_wait_timeout_s: float = field(
+        default=0.0,
+        metadata=_help("dynamic batching: longest wait to fill a batch; 0 batches only the requests already "
+                       "queued, so a lone request never waits"),
+    )
     max_instances: int = field(default=1024, metadata=_help("most instances in one request"))
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_help("largest request body"))
     max_image_pixels: int = field(default=4096 * 4096, metadata=_help("largest uploaded image (width*height)"))
@@ -216,6 +220,7 @@ class ServeConfig:
     max_queued_requests: int = field(default=256, metadata=_help("queued beyond that before 503"))
     request_timeout_s: float = field(default=10.0, metadata=_help("requests slower than this get 504"))
     replica_cpus: float = field(default=0.5, metadata=_help("CPUs reserved per replica"))
+    access_log: bool = field(default=True, metadata=_help("one log line per request in each replica's log"))
 
     def __post_init__(self) -> None:
         _require(1 <= self.port <= 65535, "serve.port", f"must be in 1..65535, got {self.port}")
@@ -227,7 +232,9 @@ class ServeConfig:
             _require(value >= 1, f"serve.{key}", f"must be >= 1, got {value}")
         _require(self.max_replicas >= self.min_replicas, "serve.max_replicas",
                  f"must be >= serve.min_replicas ({self.min_replicas}), got {self.max_replicas}")
-        for key in ("batch_wait_timeout_s", "request_timeout_s", "replica_cpus", "target_ongoing_requests"):
+        _require(self.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s",
+                 f"must be >= 0, got {self.batch_wait_timeout_s}")
+        for key in ("request_timeout_s", "replica_cpus", "target_ongoing_requests"):
             value = getattr(self, key)
             _require(value > 0, f"serve.{key}", f"must be > 0, got {value}")
 

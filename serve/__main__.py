@@ -3,19 +3,22 @@
 With no arguments it serves ``latest`` from the default registry
 (``$MLP_HOME/registry``) on http://127.0.0.1:8000. Every ``--serve.*`` and
 ``--registry.*`` option of ``mlp.config`` applies, as does ``--config FILE.yaml``.
-It joins ``RAY_ADDRESS`` when set, otherwise starts a local Ray. For a
+It joins ``RAY_ADDRESS`` when set, otherwise starts a local Ray with the
+serving settings of ``serve.env`` (HAProxy ingress and friends). For a
 cluster, prefer ``serve deploy cluster/serve_config.yaml`` (same application).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
 from typing import Optional, Sequence
 
 from mlp.cli import make_parser, parse_config
+from serve.env import apply_serving_env
 from serve.predictor import ModelSource
 
 APP_NAME = "mlp"
@@ -33,6 +36,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as err:
         print(f"python -m serve: {err}", file=sys.stderr)
         return 1
+
+    if not os.environ.get("RAY_ADDRESS"):  # a cluster we start ourselves: give it the serving settings
+        apply_serving_env()
 
     from ray import serve
 

@@ -99,7 +99,7 @@ class MLPService:
             if self.predictor is None or (self.source.version == "latest" and not self.source.checkpoint):
                 await self._refresh()
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def _infer(self, items: list[tuple[Predictor, np.ndarray]]) -> list[tuple[str, list[dict[str, Any]]]]:
         """One model call for every request that arrived together; each keeps the predictor it started with."""
         results: list[tuple[str, list[dict[str, Any]]]] = []

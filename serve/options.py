@@ -37,6 +37,7 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         "max_queued_requests": cfg.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.replica_cpus},
         "user_config": {"version": cfg.version, "checkpoint": cfg.checkpoint},
+        "logging_config": {"enable_access_log": cfg.access_log},
     }
     if cfg.min_replicas == cfg.max_replicas:
         options["num_replicas"] = cfg.min_replicas

@@ -71,26 +71,6 @@ def expected_trials(cfg: Config, dims: list[Dim]) -> int:
     return grid_size(dims) if cfg.tune.search == "grid" else cfg.tune.num_samples
 
 
-def state_api_available(timeout: float = 10.0) -> bool:
-    """Whether this cluster serves Ray's State API (the dashboard) and it answers for this cluster.
-
-    Ray Train 2.60 releases the workers of a trial that Tune stops early through a
-    cleaner that asks the State API whether the trial's controller is alive; without
-    it the workers are never released and later trials hang at worker-group start.
-    Our own node must appear in the answer: another cluster's dashboard on the
-    default port would otherwise pass for ours.
-    """
-    import ray
-    from ray.util.state import list_nodes
-
-    context = ray.get_runtime_context()
-    try:
-        nodes = list_nodes(address=context.gcs_address, timeout=timeout, raise_on_missing_output=False)
-    except Exception:  # ServerUnavailable, connection errors, timeouts: all mean "no"
-        return False
-    return context.get_node_id() in {n.node_id for n in nodes}
-
-
 def build_search(cfg: Config, concurrency: int) -> Any:
     """Optuna's TPE (a ``Searcher``: Tune limits it), or Tune's own random/grid generator.
 
@@ -183,11 +163,6 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     check_data(cfg)
     init_ray()
     plan = plan_trials(cfg, ray.cluster_resources())
-    if plan.runner == "trainer" and cfg.tune.early_stopping and not state_api_available():
-        raise ConfigError("tune.runner", "this Ray cluster has no dashboard (State API): Ray Train would never "
-                          "release the workers of trials ASHA stops, and later trials would hang. Start the "
-                          "cluster with the dashboard (ray start --head --include-dashboard=true), or use "
-                          "--tune.runner process (one worker per trial), or --tune.early_stopping false")
     print(f"{'resuming' if resume else 'starting'} sweep {cfg.run.name}: {expected_trials(cfg, dims)} trials, "
           f"{cfg.tune.search} search, {'ASHA' if cfg.tune.early_stopping else 'no early stopping'}, "
           f"up to {cfg.train.epochs} epochs on {cfg.data.dataset}; results in {path}\n"

@@ -130,6 +130,7 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from mlp.distributed import build_trainer
+    from tune.release import ReleaseStoppedWorkers
 
     cfg = apply_params(base, params)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -139,7 +140,10 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     data["run"]["name"] = f"trial-{trial_id}"
     trainer = build_trainer(Config.from_dict(data))
     # build_trainer takes no callbacks; V2 reads run_config.callbacks only when fit() starts.
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
+    # TuneReportCallback forwards each ray.train.report to this trial; ReleaseStoppedWorkers
+    # frees the workers if ASHA stops the trial (see tune.release for why Ray's own cleaner may not).
+    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback(),
+                                    ReleaseStoppedWorkers()]
     trainer.fit()
 
 

@@ -278,3 +278,19 @@ def test_overload_answers_503_not_500_and_recovers(endpoint):
             assert [post_json(http, ROW).status_code for _ in range(5)] == [200] * 5
     finally:
         serve.delete("tight")
+
+
+def test_slow_prediction_answers_504_naming_the_timeout(endpoint):
+    """A batch that waits longer than serve.request_timeout_s is cut off with a JSON 504."""
+    slow = Config.from_dict({**endpoint["cfg"].to_dict(), "serve": {
+        **endpoint["cfg"].to_dict()["serve"], "batch_wait_timeout_s": 0.5, "max_batch_size": 2,
+        "request_timeout_s": 0.05}})
+    serve.run(build_from_config(slow), name="slow", route_prefix="/slow")
+    try:
+        with httpx.Client(base_url=endpoint["url"] + "/slow", timeout=30) as http:
+            resp = post_json(http, ROW)
+            assert resp.status_code == 504
+            assert "longer than 0.05s" in resp.json()["error"]
+            assert http.get("/healthz").status_code == 200
+    finally:
+        serve.delete("slow")

@@ -138,3 +138,11 @@ def test_gpu_and_user_limits_cap_concurrency() -> None:
     assert plan_trials(_cfg(max_concurrent=1), {"CPU": 8.0}).concurrency == 1
     with pytest.raises(ConfigError, match="one trial needs 4 CPU"):
         plan_trials(_cfg(workers_per_trial=4), {"CPU": 2.0})
+
+
+@pytest.mark.parametrize("preset", sorted(Path(__file__).parents[2].glob("cluster/presets/sweep-*.yaml")))
+def test_sweep_presets_load_with_a_valid_space(preset: Path) -> None:
+    from mlp.cli import load_yaml
+
+    cfg = Config.from_dict(load_yaml(str(preset)))
+    assert parse_space(cfg.tune.space, cfg.tune.search)

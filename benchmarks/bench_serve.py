@@ -7,7 +7,7 @@ writes ``benchmarks/results/serve.json`` (one row per measurement) and
 1.0x the peer; p50 at c=1 <= 2x the peer).
 
     python benchmarks/bench_serve.py                         # the project's settings (serve/env.py)
-    python benchmarks/bench_serve.py --variants default,project --rounds 2 --duration 4
+    python benchmarks/bench_serve.py --variants default,project --rounds 3 --duration 3
 
 Variants of the Serve side, each a fresh local Ray cluster started by
 ``python -m serve`` in a child process (so its environment takes effect):
@@ -18,11 +18,13 @@ Variants of the Serve side, each a fresh local Ray cluster started by
   HAProxy ingress, ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, ...
 
 Both servers get the same processes and logging: one uvicorn worker / one
-Serve replica per core, no access log. Servers run one at a time (an idle Ray
-cluster alone costs ~0.15 core) and the rounds alternate peer and Serve, so
-drifting background load on a shared machine hits both; ratios are medians of
-the per-round ratios. The load generator is a minimal keep-alive HTTP/1.1
-client on asyncio, one connection per concurrent user, the same for both.
+Serve replica per core, no access log. The peer stays up while each Serve
+variant runs, and every round measures peer then Serve point by point, so
+drifting background load on a shared machine hits both alike; ratios are
+medians of the per-round ratios. The idle Ray cluster costs the peer ~0.15
+core meanwhile, so the peer is also measured once alone, before any cluster
+starts (reported beside the table). The load generator is a minimal
+keep-alive HTTP/1.1 client on asyncio, one connection per concurrent user.
 """
 
 from __future__ import annotations
@@ -138,16 +140,15 @@ def measure(port: int, body: bytes, concurrency: int, duration: float, warmup: f
             "p99_ms": float(np.percentile(lat, 99)), "requests": len(lat), "errors": len(errors)}
 
 
-def run_points(label: str, port: int, bodies: dict[str, bytes], args: argparse.Namespace) -> dict[str, dict]:
-    points = {}
-    for name, body, concurrency in POINTS:
-        result = measure(port, bodies[body], concurrency, args.duration, args.warmup)
-        if body == "batch":
-            result["images_per_s"] = result["requests_per_s"] * BATCH
-        points[name] = result
-        print(f"  {label:18s} {name:11s} {result['requests_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-              f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}", flush=True)
-    return points
+def measure_point(label: str, port: int, point: str, bodies: dict[str, bytes],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    _, body, concurrency = next(p for p in POINTS if p[0] == point)
+    result = measure(port, bodies[body], concurrency, args.duration, args.warmup)
+    if body == "batch":
+        result["images_per_s"] = result["requests_per_s"] * BATCH
+    print(f"  {label:24s} {point:11s} {result['requests_per_s']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+          f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}", flush=True)
+    return result
 
 
 def start_peer(model: Path, port: int) -> subprocess.Popen:
@@ -176,41 +177,46 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def rows_for(server: str, rounds: list[dict[str, dict]], peer_rounds: list[dict[str, dict]]) -> list[dict]:
+def rows_for(server: str, rounds: list[dict[str, dict]]) -> list[dict]:
     """One row per (point, figure): medians over rounds, ratio = median of the per-round ratios."""
     rows = []
     for point, body, _ in POINTS:
         figure = "images_per_s" if body == "batch" else "requests_per_s"
         for key in (figure, "p50_ms", "p99_ms"):
-            ours = [r[point][key] for r in rounds]
-            theirs = [r[point][key] for r in peer_rounds]
+            ours = [r["serve"][point][key] for r in rounds]
+            theirs = [r["peer"][point][key] for r in rounds]
             rows.append({"server": server, "point": point, "figure": key, "value": float(np.median(ours)),
                          "peer": float(np.median(theirs)),
                          "ratio": float(np.median([a / b for a, b in zip(ours, theirs)])),
                          "better": "higher" if key == figure else "lower", "rounds": ours, "peer_rounds": theirs,
-                         "errors": sum(r[point]["errors"] for r in rounds)})
+                         "errors": sum(r["serve"][point]["errors"] for r in rounds)})
     return rows
 
 
-def write_results(rows: list[dict], out: Path, command: str, duration: float) -> None:
-    machine = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()}
+def write_results(rows: list[dict], alone: dict[str, dict], out: Path, command: str, duration: float) -> None:
+    machine = {"machine": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "load_average": os.getloadavg()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps({**machine, "command": command, "duration_s": duration,
-                                                "rows": rows}, indent=2))
+                                                "peer_alone": alone, "rows": rows}, indent=2))
     lines = [f"Serving benchmark: `{command}` on {machine['cpus']} CPUs ({duration:g} s per point). "
-             "Values are medians over rounds; ratio = Ray Serve / plain FastAPI peer (median of per-round "
-             "ratios). For req/s and images/s higher is better, for latencies lower.", "",
+             "Values are medians over rounds; ratio = Ray Serve / plain FastAPI peer, the median of the "
+             "per-round ratios (each round measures the peer, then Serve, point by point). For req/s and "
+             "images/s higher is better, for latencies lower.", "",
              "| server | point | figure | value | peer | ratio |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['server']} | {r['point']} | {r['figure']} | {r['value']:.2f} | {r['peer']:.2f} | "
               f"{r['ratio']:.2f}x |" for r in rows]
+    lines += ["", "The peer measured before any Ray cluster ran (an idle cluster costs the peer some CPU "
+              "during the rounds): " + ", ".join(f"{p} {r['requests_per_s']:.0f} req/s p50 {r['p50_ms']:.2f} ms"
+                                                 for p, r in alone.items()) + "."]
     (out / "serve.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Ray Serve endpoint vs plain FastAPI peer")
     parser.add_argument("--variants", default="project", help=f"comma list of {', '.join(VARIANT_ENV)}")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of peer and Serve")
-    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of peer and Serve per variant")
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     parser.add_argument("--model", help="model folder to serve (default: an untrained reference MLP)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -219,27 +225,32 @@ def main() -> None:
     for v in variants:
         if v not in VARIANT_ENV:
             parser.error(f"unknown variant {v!r} (known: {', '.join(VARIANT_ENV)})")
-    peer_rounds: list[dict] = []
-    serve_rounds: dict[str, list[dict]] = {v: [] for v in variants}
+    rounds: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else make_model(Path(tmp) / "model")
         bodies = payloads()
-        for round_no in range(1, args.rounds + 1):
-            print(f"round {round_no}/{args.rounds}", flush=True)
-            port = free_port()
-            proc = start_peer(model, port)
-            try:
-                peer_rounds.append(run_points("fastapi-peer", port, bodies, args))
-            finally:
-                stop(proc)
+        peer_port, serve_port = free_port(), free_port()
+        peer = start_peer(model, peer_port)
+        try:
+            print("peer alone", flush=True)
+            alone = {p: measure_point("fastapi-peer", peer_port, p, bodies, args) for p, _, _ in POINTS}
             for variant in variants:
-                proc = start_serve(model, port, variant)
+                proc = start_serve(model, serve_port, variant)
                 try:
-                    serve_rounds[variant].append(run_points(f"ray-serve-{variant}", port, bodies, args))
+                    for round_no in range(1, args.rounds + 1):
+                        print(f"{variant}: round {round_no}/{args.rounds}", flush=True)
+                        result: dict[str, dict] = {"peer": {}, "serve": {}}
+                        for point, _, _ in POINTS:  # alternate point by point: drifting load hits both
+                            result["peer"][point] = measure_point("fastapi-peer", peer_port, point, bodies, args)
+                            result["serve"][point] = measure_point(f"ray-serve-{variant}", serve_port, point,
+                                                                   bodies, args)
+                        rounds[variant].append(result)
                 finally:
                     stop(proc)
-    rows = [row for v in variants for row in rows_for(f"ray-serve-{v}", serve_rounds[v], peer_rounds)]
-    write_results(rows, Path(args.out), " ".join(["python", "benchmarks/bench_serve.py"] + sys.argv[1:]),
+        finally:
+            stop(peer)
+    rows = [row for v in variants for row in rows_for(f"ray-serve-{v}", rounds[v])]
+    write_results(rows, alone, Path(args.out), " ".join(["python", "benchmarks/bench_serve.py"] + sys.argv[1:]),
                   args.duration)
     targets = {("single_c32", "requests_per_s"): (">=", 1.0), ("single_c1", "p50_ms"): ("<=", 2.0)}
     for row in rows:

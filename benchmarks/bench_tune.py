@@ -1,6 +1,6 @@
 """ASHA vs no early stopping on the same 12 sampled configurations, in one run.
 
-    python benchmarks/bench_tune.py [--samples 12] [--epochs 10] [--dataset fashion-mnist]
+    python benchmarks/bench_tune.py [--samples 12] [--epochs 10] [--dataset fashion-mnist] [--repeats 2]
 
 Both sweeps use the documented default space (hidden size x log learning rate)
 and the same seed, so Tune's seeded random search samples the same
@@ -10,7 +10,10 @@ configurations (checked below). The figures:
 - best val accuracy: the best epoch of the best trial, which is what the sweep ranks by,
 - test accuracy: the winner's kept checkpoint, evaluated once on the test set.
 
-Target: ASHA <= 0.5x the wall time, best accuracy within 0.5 points.
+Target: ASHA <= 0.5x the wall time, best accuracy within 0.5 points. The sweeps
+run in the order A B B A (``--repeats 2``) and figures are means: other work on
+a shared machine changes its speed over minutes, and alternating cancels a
+steady drift. The load average around each sweep is recorded with it.
 
 A second, smaller measurement decides how a one-worker trial runs: the same
 few short trials with the loop in the trial's own process (``--tune.runner
@@ -63,58 +66,84 @@ def sweep(storage: str, name: str, **sections: dict[str, Any]) -> dict[str, Any]
                                            if k in rows[0]}}
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="pairs of sweeps, run A B B A ...: on a shared machine load drifts, and "
+                             "alternating cancels a steady drift out of the mean")
     parser.add_argument("--runner-trials", type=int, default=4, help="trials per runner in the runner check")
     args = parser.parse_args()
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     common = {"data": {"dataset": args.dataset}, "train": {"epochs": args.epochs}}
     command = (f"python benchmarks/bench_tune.py --samples {args.samples} --epochs {args.epochs} "
-               f"--dataset {args.dataset}")
+               f"--dataset {args.dataset} --repeats {args.repeats}")
+    order = [m for i in range(args.repeats) for m in (("asha", "full") if i % 2 == 0 else ("full", "asha"))]
+    runs: dict[str, list[dict[str, Any]]] = {"asha": [], "full": []}
     init_ray()  # before the clock starts: cluster start-up belongs to neither sweep
     with tempfile.TemporaryDirectory() as storage:
-        asha = sweep(storage, "asha", **common, tune={"num_samples": args.samples, "early_stopping": True})
-        full = sweep(storage, "full", **common, tune={"num_samples": args.samples, "early_stopping": False})
-        if asha["configs"] != full["configs"]:
-            raise RuntimeError("the two sweeps sampled different configurations; the comparison is void")
+        for mode in order:
+            load = os.getloadavg()[0]
+            result = sweep(storage, f"{mode}-{len(runs[mode]) + 1}", **common,
+                           tune={"num_samples": args.samples, "early_stopping": mode == "asha"})
+            runs[mode].append({**result, "load_before": load, "load_after": os.getloadavg()[0]})
+            print(f"{mode}: {result['wall_s']:.1f} s, best val {result['best_val_accuracy']:.4f}, "
+                  f"test {result['test_accuracy']:.4f}, {result['epochs_run']} epochs", flush=True)
+        if len({tuple(map(tuple, r["configs"])) for r in runs["asha"] + runs["full"]}) != 1:
+            raise RuntimeError("the sweeps sampled different configurations; the comparison is void")
         runner = {"tune": {"num_samples": args.runner_trials, "early_stopping": False},
                   "data": {"dataset": "synthetic", "synthetic_size": 2000}, "train": {"epochs": 1}}
         process = sweep(storage, "runner-process", **{**runner, "tune": {**runner["tune"], "runner": "process"}})
         trainer = sweep(storage, "runner-trainer", **{**runner, "tune": {**runner["tune"], "runner": "trainer"}})
 
+    mean = {m: {k: _mean([r[k] for r in runs[m]]) for k in ("wall_s", "best_val_accuracy", "test_accuracy",
+                                                             "epochs_run")} for m in runs}
+    peer = f"same {args.samples} configurations without early stopping (mean of {args.repeats})"
     rows = [
-        {"figure": "wall_s", "value": asha["wall_s"], "peer": "same sweep without early stopping",
-         "peer_value": full["wall_s"], "ratio": asha["wall_s"] / full["wall_s"], "target": "<= 0.5"},
-        {"figure": "best_val_accuracy", "value": asha["best_val_accuracy"], "peer": "same sweep without early stopping",
-         "peer_value": full["best_val_accuracy"], "ratio": asha["best_val_accuracy"] / full["best_val_accuracy"],
-         "points_behind": 100 * (full["best_val_accuracy"] - asha["best_val_accuracy"]), "target": "within 0.5 points"},
-        {"figure": "winner_test_accuracy", "value": asha["test_accuracy"], "peer": "same sweep without early stopping",
-         "peer_value": full["test_accuracy"], "ratio": asha["test_accuracy"] / full["test_accuracy"],
-         "points_behind": 100 * (full["test_accuracy"] - asha["test_accuracy"]), "target": "within 0.5 points"},
+        {"figure": "wall_s", "value": mean["asha"]["wall_s"], "peer": peer, "peer_value": mean["full"]["wall_s"],
+         "target": "ratio <= 0.5"},
+        {"figure": "epochs_trained", "value": mean["asha"]["epochs_run"], "peer": peer,
+         "peer_value": mean["full"]["epochs_run"], "target": "-"},
+        {"figure": "best_val_accuracy", "value": mean["asha"]["best_val_accuracy"], "peer": peer,
+         "peer_value": mean["full"]["best_val_accuracy"], "target": "within 0.5 points"},
+        {"figure": "winner_test_accuracy", "value": mean["asha"]["test_accuracy"], "peer": peer,
+         "peer_value": mean["full"]["test_accuracy"], "target": "within 0.5 points"},
         {"figure": "runner_wall_s", "value": process["wall_s"],
          "peer": f"{args.runner_trials} one-epoch trials with a TorchTrainer each (--tune.runner trainer)",
-         "peer_value": trainer["wall_s"], "ratio": process["wall_s"] / trainer["wall_s"], "target": "< 1 (process wins)"},
+         "peer_value": trainer["wall_s"], "target": "< 1: the in-process runner wins"},
     ]
     for row in rows:
-        row.update({"machine": machine, "command": command})
-    detail = {"asha": asha, "full": full, "runner_process": process, "runner_trainer": trainer}
+        row.update({"machine": machine, "command": command, "ratio": row["value"] / row["peer_value"]})
+        if "accuracy" in row["figure"]:
+            row["points_behind"] = 100 * (row["peer_value"] - row["value"])
+    detail = {"runs": runs, "runner_process": process, "runner_trainer": trainer}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tune.json").write_text(json.dumps({"rows": rows, "detail": detail}, indent=2))
-    table = ["| machine | command | figure | ASHA / process | peer | peer figure | ratio |",
+    table = ["| machine | command | figure | ASHA (runner: process) | peer | peer figure | ratio |",
              "|---|---|---|---|---|---|---|"]
     table += [f"| {r['machine']} | `{r['command']}` | {r['figure']} | {r['value']:.4g} | {r['peer']} "
               f"| {r['peer_value']:.4g} | {r['ratio']:.3f} |" for r in rows]
-    table += ["", f"ASHA stopped {asha['stopped_early']} of {args.samples} trials early and trained "
-              f"{asha['epochs_run']} epochs in all, against {full['epochs_run']} without early stopping.",
-              f"Winner with ASHA: {asha['winner']}; without: {full['winner']}."]
+    table += ["", "Each sweep (order as run; load = 1-minute load average before/after, on 2 cores):", "",
+              "| sweep | wall s | epochs | stopped early | best val acc | winner test acc | winner | load |",
+              "|---|---|---|---|---|---|---|---|"]
+    seen = {"asha": 0, "full": 0}
+    for mode in order:
+        r = runs[mode][seen[mode]]
+        seen[mode] += 1
+        table.append(f"| {mode}-{seen[mode]} | {r['wall_s']:.1f} | {r['epochs_run']} | {r['stopped_early']} "
+                     f"| {r['best_val_accuracy']:.4f} | {r['test_accuracy']:.4f} | {r['winner']} "
+                     f"| {r['load_before']:.1f} / {r['load_after']:.1f} |")
     (RESULTS / "tune.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     print(f"\nASHA / no early stopping wall time: {rows[0]['ratio']:.2f}x (target <= 0.5); best val accuracy "
-          f"{rows[1]['points_behind']:+.2f} points behind, winner test accuracy {rows[2]['points_behind']:+.2f} "
+          f"{rows[2]['points_behind']:+.2f} points behind, winner test accuracy {rows[3]['points_behind']:+.2f} "
           f"points behind (target within 0.5)")
 
 

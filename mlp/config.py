@@ -173,7 +173,7 @@ class TuneConfig:
     )
     search: str = field(default="random", metadata=_help("random | grid | optuna"))
     grace_period: int = field(default=1, metadata=_help("ASHA: epochs every trial runs before it may be stopped"))
-    reduction_factor: float = field(default=4.0, metadata=_help("ASHA: keep 1/reduction_factor at each rung"))
+    reduction_factor: float = field(default=3.0, metadata=_help("ASHA: keep 1/reduction_factor at each rung"))
     early_stopping: bool = field(default=True, metadata=_help("stop poor trials early with ASHA"))
     workers_per_trial: int = field(default=1, metadata=_help("training workers inside each trial"))
     max_concurrent: int = field(default=0, metadata=_help("trials at once; 0 = as many as the cluster's CPUs fit"))

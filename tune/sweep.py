@@ -138,6 +138,8 @@ def prepare(cfg: Config) -> tuple[Config, list[Dim], bool]:
     """(config to run, its dims, resume?) for ``cfg``; resuming reads the sweep's saved config."""
     from ray.tune import Tuner
 
+    if cfg.tune.resume and cfg.run.name is None:
+        raise ConfigError("run.name", "--resume needs the --run.name of the sweep to finish")
     cfg = resolve(cfg)
     path = sweep_dir(cfg)
     resume = path.is_dir() and Tuner.can_restore(str(path))

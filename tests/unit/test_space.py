@@ -98,6 +98,8 @@ def test_resume_without_a_sweep_exits_2(tmp_path: Path, capsys) -> None:
     code = main(["--resume", "--data.dataset", "synthetic", "--run.name", "nothing-here",
                  "--run.storage_path", str(tmp_path / "runs")])
     assert code == 2 and "no interrupted sweep" in capsys.readouterr().err
+    assert main(["--resume", "--data.dataset", "synthetic", "--run.storage_path", str(tmp_path / "runs")]) == 2
+    assert "--run.name" in capsys.readouterr().err
 
 
 def _cfg(**tune: object) -> Config:

@@ -18,11 +18,48 @@ import time
 from typing import Optional, Sequence
 
 from mlp.cli import make_parser, parse_config
+from mlp.config import Config
 from serve.env import apply_serving_env
 from serve.predictor import ModelSource
 
 APP_NAME = "mlp"
 log = logging.getLogger("serve")
+
+
+def deploy(cfg: Config) -> str:
+    """Start Ray (or join ``RAY_ADDRESS``), deploy the app for ``cfg``, and return its URL.
+
+    Shared by ``python -m serve`` and ``mlp-pipeline``; the model folder must
+    already resolve (callers check first, so errors name the fix).
+    """
+    if not os.environ.get("RAY_ADDRESS"):  # a cluster we start ourselves: give it the serving settings
+        apply_serving_env()
+
+    from ray import serve
+
+    from mlp.distributed import init_ray
+    from serve.app import build_from_config
+    from serve.options import http_options
+
+    init_ray()
+    serve.start(http_options=http_options(cfg.serve))
+    serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
+    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+
+
+def serve_until_interrupted() -> None:
+    """Block until Ctrl-C or SIGTERM (systemd, `kill`, CI), then shut Serve down cleanly."""
+    from ray import serve
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        serve.shutdown()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -36,33 +73,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as err:
         print(f"python -m serve: {err}", file=sys.stderr)
         return 1
-
-    if not os.environ.get("RAY_ADDRESS"):  # a cluster we start ourselves: give it the serving settings
-        apply_serving_env()
-
-    from ray import serve
-
-    from mlp.distributed import init_ray
-    from serve.app import build_from_config
-    from serve.options import http_options
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    init_ray()
-    serve.start(http_options=http_options(cfg.serve))
-    serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+    url = deploy(cfg)
     log.info("serving %s (%s) at %s  -- docs: %s/docs, Ctrl-C to stop", source.version
              if not source.checkpoint else source.checkpoint, folder, url, url)
-    # Stop cleanly on Ctrl-C and on SIGTERM (systemd, `kill`, CI), also when started in the background.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        serve.shutdown()
+    serve_until_interrupted()
     return 0
 
 

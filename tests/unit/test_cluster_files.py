@@ -39,3 +39,16 @@ def test_cluster_launcher_config_parses() -> None:
     launcher = yaml.safe_load((ROOT / "cluster" / "cluster.yaml").read_text())
     assert launcher["provider"]["type"] == "local"
     assert any("RAY_AUTH_MODE=token" in c for c in launcher["head_start_ray_commands"])
+
+
+@pytest.mark.parametrize("source", ["serve_config.yaml", "kuberay/rayservice.yaml"])
+def test_serve_configs_build_a_valid_application_config(source: str) -> None:
+    from serve.options import config_from_app_args, deployment_options
+
+    doc = yaml.safe_load((ROOT / "cluster" / source).read_text())
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"]) if doc.get("kind") == "RayService" else doc
+    (app,) = serve_config["applications"]
+    module, _, attr = app["import_path"].partition(":")
+    assert (module, attr) == ("serve.app", "build_app")
+    cfg = config_from_app_args(app["args"])  # the same validation build_app applies
+    assert deployment_options(cfg.serve)["max_queued_requests"] == cfg.serve.max_queued_requests

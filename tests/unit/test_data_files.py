@@ -77,3 +77,17 @@ def test_nothing_found_offline_says_where_it_looked(tmp_path: Path, monkeypatch:
     text = str(err.value)
     assert str(tmp_path / "empty") in text and "no-debian" in text
     assert "--data.dir" in text and "MLP_DATA_DIR" in text and "network unreachable" in text
+
+
+def test_decoded_tensors_are_cached_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlp.data
+
+    write_idx(tmp_path / "flat", packed=True)
+    cfg = DataConfig(dataset="mnist", dir=str(tmp_path / "flat"), val_fraction=0.25)
+    first = load_splits(cfg)
+    assert list((tmp_path / "cache" / "tensors").glob("mnist-train-*.pt"))
+    _load_tensors.cache_clear()
+    # A second process would not need torchvision at all: prove it by making it fail.
+    monkeypatch.setattr(mlp.data, "_torchvision_dataset", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    again = load_splits(cfg)
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.val_y, again.val_y)

@@ -19,14 +19,14 @@ from mlp.train import evaluate_checkpoint
 
 
 def best_checkpoint(result: Any) -> Optional[Any]:
-    """The trial's checkpoint with the highest val accuracy that still exists.
+    """The trial's existing checkpoint with the highest val accuracy.
 
-    In-process trials report Tune checkpoints (kept by score); TorchTrainer
-    trials report Train's checkpoint path as ``checkpoint_path`` per epoch.
+    In-process trials report Tune checkpoints; TorchTrainer trials report Train's
+    checkpoint path as ``checkpoint_path`` with each epoch.
     """
     import ray.tune
 
-    kept = result.best_checkpoints or []
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if _exists(c)]
     if kept:
         return max(kept, key=lambda pair: pair[1].get("val_accuracy", -1.0))[0]
     frame = result.metrics_dataframe
@@ -36,6 +36,28 @@ def best_checkpoint(result: Any) -> Optional[Any]:
             if Path(path).is_dir():
                 return ray.tune.Checkpoint(path)
     return result.checkpoint
+
+
+def _exists(checkpoint: Any) -> bool:
+    """Whether a checkpoint is still on its storage (pruned ones stay listed in Tune's state)."""
+    import pyarrow.fs
+
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound
+
+
+def prune_checkpoints(results: Any, keep: int) -> int:
+    """After a sweep, keep each trial's ``keep`` best checkpoints by val accuracy; returns how many went.
+
+    Trials keep every epoch's checkpoint while the sweep runs (see ``tune.sweep.make_tuner``).
+    """
+    removed = 0
+    for result in results:
+        pairs = [(c, m) for c, m in (result.best_checkpoints or []) if _exists(c)]
+        pairs.sort(key=lambda pair: (pair[1].get("val_accuracy", -1.0), pair[1].get("epoch", 0)), reverse=True)
+        for checkpoint, _ in pairs[keep:]:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+            removed += 1
+    return removed
 
 
 def _time_to_best(state: dict[str, Any]) -> Optional[float]:
@@ -53,7 +75,11 @@ def _time_to_best(state: dict[str, Any]) -> Optional[float]:
 
 
 def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_dir: Path) -> dict[str, Any]:
-    """Evaluate the top-ranked trial on the test set and promote it; returns its registry metrics."""
+    """Evaluate the top-ranked trial on the test set and promote it; returns its registry metrics.
+
+    Trials are ranked by the best val accuracy they reached, and the winner's checkpoint of
+    that epoch is promoted (after a ``--promote-only`` on a pruned sweep: its best kept one).
+    """
     ranked = [r for r in rows if r["status"] != "error" and not math.isnan(r["best_val_accuracy"])]
     if not ranked:
         raise RuntimeError(f"no trial of {sweep_dir} reported a result; nothing to promote")

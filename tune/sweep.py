@@ -125,9 +125,11 @@ def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> A
         ),
         run_config=tune.RunConfig(
             name=cfg.run.name, storage_path=cfg.run.storage_path,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.run.checkpoints_kept,
-                                                    checkpoint_score_attribute=METRIC,
-                                                    checkpoint_score_order=MODE),
+            # Every epoch's checkpoint is kept while the sweep runs: Tune's experiment snapshot
+            # lags the trials by seconds, and a killed driver's snapshot can name a checkpoint
+            # that retention already deleted, so resume failed ("does not exist on storage
+            # anymore"). finish() prunes to run.checkpoints_kept per trial at the end.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
             verbose=1,  # the live trial table and trial starts/ends; per-epoch results go to files
         ),
@@ -204,7 +206,7 @@ def promote_finished(cfg: Config) -> dict[str, Any]:
 
 def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: bool) -> dict[str, Any]:
     """Table, files, plots and promotion of a completed sweep."""
-    from tune.promote import promote_best
+    from tune.promote import promote_best, prune_checkpoints
 
     path = sweep_dir(cfg)
     rows = report.collect(results, dims, cfg.train.epochs)
@@ -212,6 +214,7 @@ def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: boo
     csv_path, json_path = report.save_table(rows, dims, path)
     pngs = plots.plot_all(rows, dims, path, cfg.train.epochs)
     promoted = promote_best(cfg, rows, results, path) if promote else None
+    prune_checkpoints(results, cfg.run.checkpoints_kept)
     best = {k: v for k, v in rows[0].items() if k != "curve"} if rows else None
     summary = {
         "sweep": cfg.run.name, "dir": str(path), "trials": len(rows),

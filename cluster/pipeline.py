@@ -17,10 +17,8 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mlp.cli import make_parser, parse_config
-from mlp.config import Config, ConfigError
-from mlp.data import DataNotFoundError
-from tune.sweep import SweepInterrupted
+from mlp.cli import make_parser, parse_config, run_command
+from mlp.config import Config
 
 log = logging.getLogger("mlp.pipeline")
 
@@ -58,19 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="leave the endpoint running on the cluster and exit (default under ray job submit)")
     cfg, args = parse_config(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        train_and_promote(cfg, args.skip_sweep)
-    except ConfigError as err:
-        print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
-        return 2
-    except DataNotFoundError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    except SweepInterrupted as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
-        return 130
-    if args.no_serve:
-        return 0
+    code = run_command(parser.prog, lambda: train_and_promote(cfg, args.skip_sweep))
+    if code or args.no_serve:
+        return code
     from serve.__main__ import deploy, serve_until_interrupted
     from serve.predictor import ModelSource
 

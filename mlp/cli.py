@@ -14,11 +14,12 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import yaml
 
 from mlp.config import Config, ConfigError
+from mlp.data import DataNotFoundError
 
 _MISSING = object()
 
@@ -235,3 +236,27 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     except ConfigError as err:
         print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+class RunInterrupted(RuntimeError):
+    """A run or sweep stopped before it finished; the message says how to resume it."""
+
+
+def run_command(prog: str, action: Callable[[], Any]) -> int:
+    """Run a command's body and map the expected failures to one stderr line and an exit code.
+
+    2: a config error found late (e.g. a search space); 1: no dataset; 130: interrupted.
+    Shared by every console script so they fail the same way.
+    """
+    try:
+        action()
+    except ConfigError as err:
+        print(f"{prog}: error: config {err.key}: {err.message}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    except RunInterrupted as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 130
+    return 0

@@ -17,9 +17,9 @@ from typing import Any, Optional, Sequence
 
 from mlp import registry
 from mlp.checkpoint import load_model, read_state
-from mlp.cli import make_parser, parse_config
+from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
 from mlp.config import Config
-from mlp.data import DataNotFoundError, find_dataset_root, load_test
+from mlp.data import find_dataset_root, load_test
 from mlp.distributed import SUMMARY_FILE, build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate
 
@@ -58,10 +58,9 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
     try:
         result = build_trainer(cfg).fit()
     except (KeyboardInterrupt, SystemExit):  # Ray Train turns Ctrl-C into a graceful abort + exit
-        print(f"\ninterrupted: run this command again with --run.name {cfg.run.name} "
-              f"--run.storage_path {cfg.run.storage_path} to resume from the last checkpoint",
-              file=sys.stderr, flush=True)
-        raise SystemExit(130) from None
+        raise RunInterrupted(f"interrupted: run this command again with --run.name {cfg.run.name} "
+                             f"--run.storage_path {cfg.run.storage_path} to resume from the last checkpoint"
+                             ) from None
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {run_dir}")
     with result.checkpoint.as_directory() as folder:
@@ -108,13 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--promote", action="store_true", help="copy the result into the model registry")
     cfg, args = parse_config(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summary = run_training(cfg, promote=args.promote)
-    except DataNotFoundError as err:
-        print(f"mlp-train: error: {err}", file=sys.stderr)
-        return 1
-    print_summary(summary)
-    return 0
+    return run_command(parser.prog, lambda: print_summary(run_training(cfg, promote=args.promote)))
 
 
 if __name__ == "__main__":

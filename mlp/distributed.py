@@ -89,8 +89,12 @@ def train_worker(config: dict[str, Any]) -> None:
     fit(cfg, model, optimizer, data, state, on_epoch_end, rank=rank, world=world)
 
 
-def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker):
-    """A ``TorchTrainer`` for ``cfg``; a fixed ``run.name`` makes it resumable."""
+def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker,
+                  callbacks: Optional[list[Any]] = None):
+    """A ``TorchTrainer`` for ``cfg``; a fixed ``run.name`` makes it resumable.
+
+    ``callbacks`` are Ray Train callbacks (Tune passes its reporting callback here).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -105,6 +109,7 @@ def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = tra
             storage_path=os.path.abspath(os.path.expanduser(cfg.run.storage_path)),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_kept),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks,
         ),
     )
 

@@ -68,6 +68,7 @@ def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
     folder = model_dir(root, model_name)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         for name in COPIED_FILES:
             shutil.copy2(Path(checkpoint_dir) / name, staging / name)

@@ -27,9 +27,8 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # last one, and warns about it; with per-epoch checkpoints of small models that is expected.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-from mlp.cli import make_parser, parse_config  # noqa: E402
+from mlp.cli import RunInterrupted, make_parser, parse_config, run_command  # noqa: E402
 from mlp.config import Config, ConfigError  # noqa: E402
-from mlp.data import DataNotFoundError  # noqa: E402
 from mlp.distributed import init_ray, with_run_name  # noqa: E402
 from mlp.train import check_data  # noqa: E402
 from tune import plots, report  # noqa: E402
@@ -42,7 +41,7 @@ CONFIG_FILE = "sweep_config.json"
 METRIC, MODE = "val_accuracy", "max"
 
 
-class SweepInterrupted(RuntimeError):
+class SweepInterrupted(RunInterrupted):
     """Tune stopped before every trial finished (Ctrl-C); the state on disk resumes it."""
 
 
@@ -249,22 +248,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume:
         cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, resume=True))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def sweep() -> None:
         check_space(cfg)
         if args.promote_only:
             promote_finished(cfg)
         else:
             run_sweep(cfg, promote=not args.no_promote)
-    except ConfigError as err:
-        print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
-        return 2
-    except DataNotFoundError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
-    except SweepInterrupted as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(parser.prog, sweep)
 
 
 if __name__ == "__main__":

@@ -138,13 +138,9 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     # A name fixed by the trial id (no timestamp) is what lets Train resume this trial's run.
     data["run"]["storage_path"] = os.path.join(cfg.run.storage_path, str(cfg.run.name), TRAIN_RUNS_DIR)
     data["run"]["name"] = f"trial-{trial_id}"
-    trainer = build_trainer(Config.from_dict(data))
-    # build_trainer takes no callbacks; V2 reads run_config.callbacks only when fit() starts.
     # TuneReportCallback forwards each ray.train.report to this trial; ReleaseStoppedWorkers
     # frees the workers if ASHA stops the trial (see tune.release for why Ray's own cleaner may not).
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback(),
-                                    ReleaseStoppedWorkers()]
-    trainer.fit()
+    build_trainer(Config.from_dict(data), callbacks=[TuneReportCallback(), ReleaseStoppedWorkers()]).fit()
 
 
 def trial_dirname(trial: Any) -> str:

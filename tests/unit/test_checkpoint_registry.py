@@ -63,3 +63,10 @@ def test_resolve_without_models_explains(tmp_path: Path) -> None:
         assert "--promote" in str(err)
     else:
         raise AssertionError("expected FileNotFoundError")
+
+
+def test_promoted_versions_are_readable_by_other_users(tmp_path: Path, config_factory) -> None:
+    cfg = config_factory()
+    ck = save_checkpoint(tmp_path / "ck", build_model(cfg.model, seed=0), cfg, {"epoch": 1})
+    version = registry.promote(tmp_path / "registry", "mlp", ck, {}, registry.make_provenance(cfg, ck))
+    assert version.stat().st_mode & 0o755 == 0o755

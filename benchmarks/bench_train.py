@@ -92,15 +92,16 @@ def main() -> None:
     args = parser.parse_args()
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    peers: dict[int, dict] = {}
     rows = []
     for workers, batch in ((1, args.batch_size), (2, args.batch_size), (2, args.large_batch)):
-        if batch not in peers:
-            peers[batch] = plain_loop(args.dataset, args.epochs, batch)
-            print(f"plain loop, batch {batch}: {peers[batch]['epoch_s']:.2f} s/epoch, "
-                  f"{peers[batch]['samples_per_s']:,.0f} samples/s", flush=True)
-        peer = peers[batch]
+        # The peer runs right before and right after each Ray run and the two are averaged:
+        # on a shared machine the speed drifts within minutes, and a peer measured once drifts with it.
+        before = plain_loop(args.dataset, args.epochs, batch)
         ray = ray_train(args.dataset, args.epochs, workers, batch)
+        after = plain_loop(args.dataset, args.epochs, batch)
+        peer = {k: (before[k] + after[k]) / 2 for k in before}
+        print(f"plain loop, batch {batch}: {before['epoch_s']:.2f} / {after['epoch_s']:.2f} s/epoch "
+              f"(before / after the Ray run)", flush=True)
         ratio = ray["epoch_s"] / peer["epoch_s"]
         print(f"ray train {workers} worker(s), global batch {batch}: {ray['epoch_s']:.2f} s/epoch "
               f"({ratio:.2f}x plain), {ray['samples_per_s']:,.0f} samples/s, "

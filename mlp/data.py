@@ -143,14 +143,14 @@ def _torchvision_dataset(dataset: str, root: Path, train: bool, download: bool):
 
 @functools.lru_cache(maxsize=4)
 def _load_tensors(dataset: str, data_dir: Optional[str], train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if dataset == "synthetic":
-        return synthetic(6000 if train else SYNTHETIC_TEST_SIZE, seed=1 if train else 2)
+    """Images and labels of a file-backed dataset (MNIST / Fashion-MNIST), decoded once per process."""
     root = find_dataset_root(DataConfig(dataset=dataset, dir=data_dir))
     split = "train" if train else "test"
     raw = root / TORCHVISION_CLASS[dataset] / "raw" / RAW_FILES[0 if train else 2]
     # Decoded tensors are cached beside the unpacked files' identity (path, size, mtime), so
     # each Ray worker reads one small file instead of importing torchvision (~2 s saved per start).
-    stamp = f"{raw.resolve()}:{raw.stat().st_size}:{raw.stat().st_mtime_ns}"
+    info = raw.stat()
+    stamp = f"{raw.resolve()}:{info.st_size}:{info.st_mtime_ns}"
     cached = cache_dir() / "tensors" / f"{dataset}-{split}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"
     if cached.is_file():
         images, labels = torch.load(cached, weights_only=True)
@@ -193,6 +193,8 @@ def load_splits(cfg: DataConfig) -> Splits:
 
 def load_test(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out test set: used once, for the final evaluation."""
+    if cfg.dataset == "synthetic":
+        return synthetic(SYNTHETIC_TEST_SIZE, seed=2)
     return _load_tensors(cfg.dataset, cfg.dir, False)
 
 

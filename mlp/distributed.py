@@ -114,12 +114,12 @@ def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = tra
     )
 
 
-def with_run_name(cfg: Config) -> Config:
-    """Give an unnamed run a fresh readable name (``<dataset>-<timestamp>``) and an absolute storage path."""
+def with_run_name(cfg: Config, prefix: str = "") -> Config:
+    """Give an unnamed run a fresh readable name (``<prefix><dataset>-<timestamp>``) and an absolute storage path."""
     data = cfg.to_dict()
     data["run"]["storage_path"] = os.path.abspath(os.path.expanduser(cfg.run.storage_path))
     if cfg.run.name is None:
-        data["run"]["name"] = f"{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        data["run"]["name"] = f"{prefix}{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Config.from_dict(data)
 
 

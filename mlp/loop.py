@@ -10,7 +10,7 @@ this same loop.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -112,13 +112,8 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
             "time_to_target_s": state.time_to_target_s, "timestamp": time.time(),
         }
         state.history.append(metrics)
-        on_epoch_end(metrics, model, optimizer, state_to_dict(state))
+        on_epoch_end(metrics, model, optimizer, asdict(state))
     return state
-
-
-def state_to_dict(state: RunState) -> dict[str, Any]:
-    return {"epoch": state.epoch, "elapsed_s": state.elapsed_s, "best_val_accuracy": state.best_val_accuracy,
-            "time_to_target_s": state.time_to_target_s, "history": state.history}
 
 
 def prepare(cfg: Config, device: torch.device,

@@ -51,11 +51,7 @@ def sweep_dir(cfg: Config) -> Path:
 
 def resolve(cfg: Config) -> Config:
     """Absolute paths, and a readable name (``sweep-<dataset>-<time>``) for an unnamed sweep."""
-    if cfg.run.name is None:
-        data = cfg.to_dict()
-        data["run"]["name"] = f"sweep-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        cfg = Config.from_dict(data)
-    return with_run_name(cfg)
+    return with_run_name(cfg, prefix="sweep-")
 
 
 def check_space(cfg: Config) -> list[Dim]:

@@ -6,15 +6,15 @@ writes ``benchmarks/results/serve.json`` (one row per measurement) and
 ``serve.md`` and prints the ratios against the targets (throughput at c=32 >=
 1.0x the peer; p50 at c=1 <= 2x the peer).
 
-    python benchmarks/bench_serve.py                         # the project's settings (serve/env.py)
+    python benchmarks/bench_serve.py                         # the project's settings (mlp/rayenv.py)
     python benchmarks/bench_serve.py --variants default,project --rounds 3 --duration 3
 
 Variants of the Serve side, each a fresh local Ray cluster started by
 ``python -m serve`` in a child process (so its environment takes effect):
 
-* ``default``: Ray's own defaults for every setting in ``serve.env.SERVING_ENV``
+* ``default``: Ray's own defaults for every setting in ``mlp.rayenv.CLUSTER_ENV``
   (Python proxy actor, workers at nice 15, ...).
-* ``project``: ``serve.env.SERVING_ENV``, what ``python -m serve`` and ``.ci/run`` use:
+* ``project``: ``mlp.rayenv.CLUSTER_ENV``, what ``python -m serve`` and ``.ci/run`` use:
   HAProxy ingress, ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, ...
 
 Both servers get the same processes and logging: one uvicorn worker / one
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.env import SERVING_ENV
+from mlp.rayenv import CLUSTER_ENV as SERVING_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 

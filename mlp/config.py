@@ -22,6 +22,7 @@ DATASETS = ("mnist", "fashion-mnist", "synthetic")
 ACTIVATIONS = ("relu", "tanh", "gelu")
 SEARCHERS = ("random", "grid", "optuna")
 TRIAL_RUNNERS = ("auto", "process", "trainer")
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group names
 
 
 class ConfigError(ValueError):
@@ -123,8 +124,16 @@ class ScalingConfig:
     num_workers: int = field(default=1, metadata=_help("data-parallel training workers"))
     use_gpu: bool = field(default=False, metadata=_help("one GPU per worker (NCCL backend)"))
     cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved by each worker"))
+    placement_strategy: str = field(
+        default="PACK",
+        metadata=_help("where workers go, in Ray's terms: PACK (fewest nodes) | SPREAD (across nodes) | "
+                       "STRICT_PACK | STRICT_SPREAD"),
+    )
 
     def __post_init__(self) -> None:
+        self.placement_strategy = self.placement_strategy.upper()
+        _require(self.placement_strategy in PLACEMENT_STRATEGIES, "scaling.placement_strategy",
+                 f"must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
         _require(self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}")
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
 
@@ -137,7 +146,8 @@ class RunConfig:
     )
     storage_path: str = field(
         default_factory=lambda: os.path.join(default_home(), "runs"),
-        metadata=_help("where runs, checkpoints and metrics are written ($MLP_HOME/runs)"),
+        metadata=_help("where runs, checkpoints and metrics are written: a folder or a URI such as "
+                       "s3://bucket/runs; on a cluster, storage every node reaches ($MLP_HOME/runs)"),
     )
     checkpoints_kept: int = field(default=2, metadata=_help("most recent checkpoints kept per run"))
     max_failures: int = field(default=0, metadata=_help("worker failures retried from the last checkpoint"))
@@ -154,7 +164,8 @@ class RunConfig:
 class RegistryConfig:
     path: str = field(
         default_factory=lambda: os.path.join(default_home(), "registry"),
-        metadata=_help("model registry folder shared by train, tune and serve ($MLP_HOME/registry)"),
+        metadata=_help("model registry shared by train, tune and serve: a folder or a URI such as "
+                       "s3://bucket/registry; on a cluster, storage every node reaches ($MLP_HOME/registry)"),
     )
     model_name: str = field(default="mlp", metadata=_help("name the model is promoted under"))
 
@@ -221,9 +232,20 @@ class ServeConfig:
     request_timeout_s: float = field(default=10.0, metadata=_help("requests slower than this get 504"))
     replica_cpus: float = field(default=0.5, metadata=_help("CPUs reserved per replica"))
     access_log: bool = field(default=True, metadata=_help("one log line per request in each replica's log"))
+    load_grace_s: float = field(
+        default=5.0,
+        metadata=_help("a starting replica retries loading its model this long; without a model by then it "
+                       "fails Serve's health check and gets no traffic (0: one try)"),
+    )
+    health_check_period_s: float = field(
+        default=2.0, metadata=_help("seconds between Serve's health checks of a replica (Ray's default: 10)"))
+    health_check_timeout_s: float = field(
+        default=5.0, metadata=_help("a health check unanswered this long counts as failed (Ray's default: 30)"))
 
     def __post_init__(self) -> None:
         _require(1 <= self.port <= 65535, "serve.port", f"must be in 1..65535, got {self.port}")
+        _require(math.isfinite(self.load_grace_s) and self.load_grace_s >= 0, "serve.load_grace_s",
+                 f"must be a finite number >= 0, got {self.load_grace_s}")
         _require(self.version == "latest" or (self.version.startswith("v") and self.version[1:].isdigit()),
                  "serve.version", f"must be 'latest' or vN, got {self.version!r}")
         for key in ("max_batch_size", "max_instances", "max_body_bytes", "max_image_pixels",
@@ -234,7 +256,8 @@ class ServeConfig:
                  f"must be >= serve.min_replicas ({self.min_replicas}), got {self.max_replicas}")
         _require(self.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s",
                  f"must be >= 0, got {self.batch_wait_timeout_s}")
-        for key in ("request_timeout_s", "replica_cpus", "target_ongoing_requests"):
+        for key in ("request_timeout_s", "replica_cpus", "target_ongoing_requests",
+                    "health_check_period_s", "health_check_timeout_s"):
             value = getattr(self, key)
             _require(value > 0, f"serve.{key}", f"must be > 0, got {value}")
 

@@ -9,33 +9,23 @@ trials, so there is one ``ScalingConfig`` in the project.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from ray.train import UserCallback
 
+from mlp import rayenv
 from mlp.checkpoint import save_checkpoint
 from mlp.config import Config
 from mlp.loop import fit, prepare, set_threads
+from mlp.runfiles import RunFiles, checkpoint_history, epoch_metrics, node_of_this_process
+from mlp.storage import normalize
 
 log = logging.getLogger(__name__)
-
-# Ray Train polls its workers every 2 s by default, which adds up to ~5 s between
-# the last report and fit() returning; 0.2 s makes short runs end promptly.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-# Ray starts workers at nice 15, so on a small node they lose the CPU to Ray's own daemons;
-# measured here: 1.25 s -> 1.0 s per Fashion-MNIST epoch. Applies to clusters this process starts.
-os.environ.setdefault("RAY_worker_niceness", "0")
-# Without this Ray Train re-logs every print of a worker, so progress lines appear twice.
-os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 
 
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:
@@ -46,12 +36,26 @@ def progress_line(metrics: dict[str, Any], epochs: int) -> str:
             f"{metrics['samples_per_s']:,.0f} samples/s")
 
 
+ATTEMPT_KEY = "_attempt_token"  # rides in train_loop_config beside the config sections
+
+
+class AttemptSuperseded(RuntimeError):
+    """A newer attempt of the same run has started; this one must stop writing."""
+
+
 def train_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: rebuild the config, resume if Ray hands us a checkpoint, fit."""
+    """Runs on every Ray Train worker: rebuild the config, resume if Ray hands us a checkpoint, fit.
+
+    Workers write nothing themselves: every rank reports its metrics and node,
+    rank 0 adds the checkpoint, and ``RunRecorder`` (in the controller) writes
+    the run's files. Rank 0 checks the run's attempt token before each
+    checkpoint, so a straggler of a killed driver cannot add one to a resumed run.
+    """
     import ray.train
     import ray.train.torch
 
-    cfg = Config.from_dict(config)
+    token = config.get(ATTEMPT_KEY)
+    cfg = Config.from_dict({k: v for k, v in config.items() if k != ATTEMPT_KEY})
     set_threads(cfg)
     # Ray Train logs every report and checkpoint at INFO; our own progress line says the same once.
     import ray.train.v2._internal.execution.context as train_context  # its logger is named by file path
@@ -72,52 +76,83 @@ def train_worker(config: dict[str, Any]) -> None:
         model, optimizer, data, state = prepare(cfg, device)
     # Wraps in DDP only when world > 1; moves to the worker's GPU when use_gpu.
     model = ray.train.torch.prepare_model(model, move_to_device=device)
-    metrics_path = Path(cfg.run.storage_path) / str(cfg.run.name) / METRICS_FILE
+    node = node_of_this_process()
+    files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
 
     def on_epoch_end(metrics: dict[str, Any], model, optimizer, state: dict[str, Any]) -> None:
         if rank != 0:
-            ray.train.report(metrics)
+            ray.train.report({**metrics, **node})
             return
         print(progress_line(metrics, cfg.train.epochs), flush=True)
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with metrics_path.open("a") as out:
-            out.write(json.dumps(metrics) + "\n")
+        if token and not files.owns(token):
+            raise AttemptSuperseded(f"run {cfg.run.name} was taken over by a newer attempt; this one stops")
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, model, cfg, state, optimizer)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report({**metrics, **node}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     fit(cfg, model, optimizer, data, state, on_epoch_end, rank=rank, world=world)
 
 
+class RunRecorder(UserCallback):
+    """Writes the run's files from what the workers report; runs in Ray Train's controller.
+
+    After each report (Ray has already registered the checkpoint by then), it
+    rewrites ``metrics.jsonl`` whole from the history stored in the reported
+    checkpoint, and ``ranks.json`` when the placement of ranks changes. It
+    writes only while its attempt token still owns the run.
+    """
+
+    def __init__(self, storage_path: str, name: str, token: Optional[str]) -> None:
+        self.files = RunFiles(storage_path, name)
+        self.token = token
+        self.ranks: list[dict[str, Any]] = []
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if self.token and not self.files.owns(self.token):
+            log.warning("run %s belongs to a newer attempt; not writing its files", self.files.dir)
+            return
+        history = checkpoint_history(checkpoint) if checkpoint is not None else None
+        if history is not None:
+            self.files.write_metrics([epoch_metrics(m) for m in history])
+        ranks = [{"rank": rank, **{k: m.get(k) for k in ("node_id", "node_ip")}} for rank, m in enumerate(metrics)]
+        if ranks != self.ranks:
+            self.files.write_ranks(ranks)
+            self.ranks = ranks
+
+
 def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker,
-                  callbacks: Optional[list[Any]] = None):
+                  callbacks: Optional[list[Any]] = None, attempt_token: Optional[str] = None):
     """A ``TorchTrainer`` for ``cfg``; a fixed ``run.name`` makes it resumable.
 
-    ``callbacks`` are Ray Train callbacks (Tune passes its reporting callback here).
+    ``callbacks`` are extra Ray Train callbacks (Tune passes its reporting
+    callback here); ``RunRecorder`` is always added, fenced by ``attempt_token``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    rayenv.apply_driver_env()
+    storage = normalize(cfg.run.storage_path)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     return TorchTrainer(
         worker_fn,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={**cfg.to_dict(), ATTEMPT_KEY: attempt_token},
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.scaling.placement_strategy),
         run_config=RunConfig(
             name=cfg.run.name,
-            storage_path=os.path.abspath(os.path.expanduser(cfg.run.storage_path)),
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_kept),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=callbacks,
+            callbacks=[RunRecorder(storage, str(cfg.run.name), attempt_token), *(callbacks or [])],
         ),
     )
 
 
 def with_run_name(cfg: Config, prefix: str = "") -> Config:
-    """Give an unnamed run a fresh readable name (``<prefix><dataset>-<timestamp>``) and an absolute storage path."""
+    """Give an unnamed run a fresh readable name (``<prefix><dataset>-<timestamp>``); local paths made absolute."""
     data = cfg.to_dict()
-    data["run"]["storage_path"] = os.path.abspath(os.path.expanduser(cfg.run.storage_path))
+    data["run"]["storage_path"] = normalize(cfg.run.storage_path)
     if cfg.run.name is None:
         data["run"]["name"] = f"{prefix}{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Config.from_dict(data)
@@ -131,9 +166,11 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
     """
     import ray
 
+    rayenv.apply_driver_env()
     if ray.is_initialized():
         return
-    if num_cpus is not None and not os.environ.get("RAY_ADDRESS"):
-        ray.init(num_cpus=num_cpus)
-    else:
+    if os.environ.get("RAY_ADDRESS"):
         ray.init()
+        return
+    rayenv.apply_cluster_env()  # read by the raylet and workers of the cluster ray.init may start here
+    ray.init(num_cpus=num_cpus) if num_cpus is not None else ray.init()

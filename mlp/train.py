@@ -1,14 +1,15 @@
 """``python -m mlp.train``: train the MLP data-parallel on Ray Train and report test accuracy.
 
-The driver validates the config, joins (or starts) a Ray cluster, runs the
-``TorchTrainer`` from ``mlp.distributed``, evaluates the final checkpoint once on
-the test set, and writes ``summary.json`` beside ``metrics.jsonl`` in the run
-folder. ``--promote`` copies the result into the model registry.
+The driver validates the config, joins (or starts) a Ray cluster, takes the
+run (``mlp.runfiles``: a resumed run waits until a previous attempt's processes
+are gone), runs the ``TorchTrainer`` from ``mlp.distributed``, evaluates the
+final checkpoint once on the test set, and writes ``summary.json`` beside
+``metrics.jsonl`` in the run folder on the run's storage. ``--promote`` copies
+the result into the model registry.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -20,8 +21,9 @@ from mlp.checkpoint import load_model, read_state
 from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
 from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
-from mlp.distributed import SUMMARY_FILE, build_trainer, init_ray, with_run_name
+from mlp.distributed import build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate
+from mlp.runfiles import RunFiles
 
 log = logging.getLogger("mlp.train")
 
@@ -43,26 +45,26 @@ def check_data(cfg: Config) -> None:
 def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
     """Train (or resume) the run named in ``cfg`` and return its summary."""
     cfg = with_run_name(cfg)
-    run_dir = Path(cfg.run.storage_path) / str(cfg.run.name)
-    summary_path = run_dir / SUMMARY_FILE
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
+    summary = files.read_summary()
+    if summary is not None:
         print(f"run {cfg.run.name} already finished: test accuracy {summary['test_accuracy']:.4f} "
-              f"({summary_path}). Use a new --run.name to train again.")
+              f"({files.summary}). Use a new --run.name to train again.")
         return summary
     check_data(cfg)
     print(f"run {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {cfg.train.epochs} epochs on "
-          f"{cfg.data.dataset}; results in {run_dir}", flush=True)
+          f"{cfg.data.dataset}; results in {files.dir}", flush=True)
     started = time.perf_counter()
     init_ray()
+    attempt = files.begin_attempt()
     try:
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, attempt_token=attempt.token).fit()
     except (KeyboardInterrupt, SystemExit):  # Ray Train turns Ctrl-C into a graceful abort + exit
         raise RunInterrupted(f"interrupted: run this command again with --run.name {cfg.run.name} "
                              f"--run.storage_path {cfg.run.storage_path} to resume from the last checkpoint"
                              ) from None
     if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {run_dir}")
+        raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {files.dir}")
     with result.checkpoint.as_directory() as folder:
         state = read_state(folder)
         test = evaluate_checkpoint(folder)
@@ -73,14 +75,23 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
             "final_val_accuracy": (state.get("history") or [{}])[-1].get("val_accuracy"),
             "train_seconds": state.get("elapsed_s"), "wall_seconds": time.perf_counter() - started,
             "target_accuracy": cfg.train.target_accuracy, "time_to_target_s": state.get("time_to_target_s"),
-            "checkpoint": result.checkpoint.path,
+            "checkpoint": checkpoint_uri(result.checkpoint), "ranks": files.read_ranks(),
         }
         if promote:
             version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, summary,
                                        registry.make_provenance(cfg, result.checkpoint.path))
             summary["promoted"] = str(version)
-    summary_path.write_text(json.dumps(summary, indent=2))
+    files.write_summary(summary)
     return summary
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray checkpoint lives, as a path or URI a user can pass back (``--serve.checkpoint``)."""
+    import pyarrow.fs
+
+    if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        return checkpoint.path
+    return f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -91,6 +102,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                   + (f"{reached:.1f}s" if reached is not None else "not reached"))
     print(f"\nrun {summary['run_name']}: test accuracy {summary['test_accuracy']:.4f}  "
           f"best val accuracy {summary['best_val_accuracy']:.4f}  wall {summary['wall_seconds']:.1f}s{target}")
+    for rank in summary.get("ranks") or []:
+        print(f"rank {rank['rank']} ran on node {rank['node_ip']} ({str(rank['node_id'])[:12]})")
     print(f"checkpoint: {summary['checkpoint']}")
     if "promoted" in summary:
         print(f"promoted to {summary['promoted']}")

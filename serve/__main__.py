@@ -4,7 +4,7 @@ With no arguments it serves ``latest`` from the default registry
 (``$MLP_HOME/registry``) on http://127.0.0.1:8000. Every ``--serve.*`` and
 ``--registry.*`` option of ``mlp.config`` applies, as does ``--config FILE.yaml``.
 It joins ``RAY_ADDRESS`` when set, otherwise starts a local Ray with the
-serving settings of ``serve.env`` (HAProxy ingress and friends). For a
+serving settings of ``mlp.rayenv`` (HAProxy ingress and friends). For a
 cluster, prefer ``serve deploy cluster/serve_config.yaml`` (same application).
 """
 
@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from mlp.cli import make_parser, parse_config
 from mlp.config import Config
-from serve.env import apply_serving_env
+from mlp import rayenv
 from serve.predictor import ModelSource
 
 APP_NAME = "mlp"
@@ -33,7 +33,7 @@ def deploy(cfg: Config) -> str:
     already resolve (callers check first, so errors name the fix).
     """
     if not os.environ.get("RAY_ADDRESS"):  # a cluster we start ourselves: give it the serving settings
-        apply_serving_env()
+        rayenv.apply_cluster_env()
 
     from ray import serve
 

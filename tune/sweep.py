@@ -14,26 +14,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-# Save Tune's experiment state at least every 2 s (default: adaptive, >= 10 s),
-# so a killed driver loses little and finished trials are never run twice.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-# Tune also forces a snapshot when a trial has written num_to_keep checkpoints since the
-# last one, and warns about it; with per-epoch checkpoints of small models that is expected.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-from mlp.cli import RunInterrupted, make_parser, parse_config, run_command  # noqa: E402
-from mlp.config import Config, ConfigError  # noqa: E402
-from mlp.distributed import init_ray, with_run_name  # noqa: E402
-from mlp.train import check_data  # noqa: E402
-from tune import plots, report  # noqa: E402
-from tune.space import Dim, describe, grid_size, parse_space, to_param_space  # noqa: E402
-from tune.trial import TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname  # noqa: E402
+from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
+from mlp.config import Config, ConfigError
+from mlp.distributed import init_ray, with_run_name
+from mlp.train import check_data
+from tune import plots, report
+from tune.space import Dim, describe, grid_size, parse_space, to_param_space
+from tune.trial import TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname
 
 log = logging.getLogger("tune.sweep")
 SUMMARY_FILE = "sweep_summary.json"

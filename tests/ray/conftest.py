@@ -9,13 +9,14 @@ from __future__ import annotations
 import pytest
 import ray
 
-from serve.env import apply_serving_env
+from mlp import rayenv
 
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_cluster():
-    # The serving settings users get from `python -m serve` (HAProxy ingress, ...); read at cluster start.
-    apply_serving_env()
+    # The cluster settings the project applies where it starts Ray (HAProxy ingress, ...); read at cluster start.
+    rayenv.apply_cluster_env()
+    rayenv.apply_driver_env()
     if not ray.is_initialized():
         # address="local": always a fresh cluster, even if `ray start` left one running here.
         ray.init(address="local", num_cpus=2, include_dashboard=True)

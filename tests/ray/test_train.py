@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,21 +14,18 @@ import ray
 import torch
 
 from mlp.checkpoint import load_model
-from mlp.distributed import METRICS_FILE
+from mlp.runfiles import RunFiles
 from mlp.train import run_training
-
-
-def reported_epochs(run_dir: Path) -> list[int]:
-    path = run_dir / METRICS_FILE
-    return [json.loads(line)["epoch"] for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:
     cfg = config_factory(scaling={"num_workers": 2}, optim={"lr": 0.05}, run={"name": "two-workers"})
     summary = run_training(cfg)
-    run_dir = Path(cfg.run.storage_path) / "two-workers"
-    history = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    files = RunFiles(cfg.run.storage_path, "two-workers")
+    history = files.read_metrics()
     assert [m["epoch"] for m in history] == [1, 2]
+    node = ray.get_runtime_context().get_node_id()
+    assert [(r["rank"], r["node_id"]) for r in summary["ranks"]] == [(0, node), (1, node)]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert summary["test_accuracy"] > 0.3  # chance is 0.1
 
@@ -41,45 +37,44 @@ def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:
 
     again = run_training(cfg)  # a finished run says so and is not retrained
     assert again["checkpoint"] == summary["checkpoint"]
-    assert reported_epochs(run_dir) == [1, 2]
+    assert [m["epoch"] for m in files.read_metrics()] == [1, 2]
 
 
-def test_killed_driver_resumes_from_last_checkpoint(tmp_path: Path, config_factory) -> None:
-    """The driver is SIGKILLed after its first checkpoint; the same name continues after it."""
+def test_killed_driver_resumes_from_last_checkpoint(config_factory) -> None:
+    """The driver is SIGKILLed after its first checkpoint; the same name continues after the last one.
+
+    The run's files are written from what Ray Train has registered (an epoch appears in
+    metrics.jsonl only once its checkpoint is registered), so the test needs no timing
+    guesses: epochs the first attempt finished keep their original lines, later epochs
+    were trained after the restart, and every epoch is there exactly once.
+    """
     cfg = config_factory(data={"synthetic_size": 40000}, train={"epochs": 4}, run={"name": "resumable"})
-    run_dir = Path(cfg.run.storage_path) / "resumable"
+    files = RunFiles(cfg.run.storage_path, "resumable")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "RAY_AUTH_MODE": "token"}
     argv = [sys.executable, "-m", "mlp.train", "--data.dataset", "synthetic", "--data.synthetic_size", "40000",
             "--train.epochs", "4", "--run.name", "resumable", "--run.storage_path", cfg.run.storage_path]
     driver = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 180
-        while not _snapshot_epochs(run_dir) and time.time() < deadline:
+        while not files.read_metrics() and time.time() < deadline:
             assert driver.poll() is None, "driver ended before its first checkpoint"
             time.sleep(0.2)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    checkpointed = max(_snapshot_epochs(run_dir))
-    assert 1 <= checkpointed < 4, "the kill came too late to test resume"
-    before = len(reported_epochs(run_dir))
+    killed_at = time.time()
+    before = files.read_metrics()
+    assert before and before[-1]["epoch"] < 4, "the kill came too late to test resume"
 
     summary = run_training(cfg)
-    resumed = reported_epochs(run_dir)[before:]
-    assert resumed[0] == checkpointed + 1 and resumed[-1] == 4
-    assert resumed == list(range(checkpointed + 1, 5))
+    history = files.read_metrics()
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    kept = [m for m in history if m["timestamp"] < killed_at]  # restored from the last checkpoint
+    assert kept[:len(before)] == before  # not retrained: the first attempt's own lines
+    assert [m["epoch"] for m in kept] == list(range(1, len(kept) + 1))
+    assert all(m["timestamp"] > killed_at for m in history[len(kept):])
     assert summary["epochs"] == 4
-
-
-def _snapshot_epochs(run_dir: Path) -> list[int]:
-    """Epochs of the checkpoints Ray Train has registered for the run (what a restart sees)."""
-    epochs = []
-    for folder in run_dir.glob("checkpoint_*"):
-        state = folder / "state.json"
-        if state.is_file() and (run_dir / "checkpoint_manager_snapshot.json").is_file() \
-                and folder.name in (run_dir / "checkpoint_manager_snapshot.json").read_text():
-            epochs.append(json.loads(state.read_text())["epoch"])
-    return epochs
+    assert files.read_attempt().job_id == ray.get_runtime_context().get_job_id()
 
 
 @pytest.mark.slow

@@ -132,9 +132,13 @@ def _alive_writers(job_id: str) -> Optional[int]:
     None when it cannot tell (a cluster without the dashboard that serves the State API).
     """
     try:
+        import ray
         from ray.util.state import list_actors
 
-        alive = list_actors(filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")],
+        # The address of the cluster this driver is on: without it the State API picks the
+        # newest cluster on the machine, which need not be ours.
+        alive = list_actors(address=ray.get_runtime_context().gcs_address,
+                            filters=[("job_id", "=", job_id), ("state", "=", "ALIVE")],
                             raise_on_missing_output=False, timeout=10)
         return sum(actor.class_name in WRITER_ACTORS for actor in alive)
     except Exception as err:  # no dashboard (State API) on this cluster: fall back on the token fence

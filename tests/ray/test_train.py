@@ -13,8 +13,9 @@ import pytest
 import ray
 import torch
 
-from mlp.checkpoint import load_model
-from mlp.runfiles import RunFiles
+from mlp.checkpoint import load_model, save_checkpoint
+from mlp.distributed import RunRecorder
+from mlp.runfiles import RunBusyError, RunFiles
 from mlp.train import run_training
 
 
@@ -59,6 +60,8 @@ def test_killed_driver_resumes_from_last_checkpoint(config_factory) -> None:
         while not files.read_metrics() and time.time() < deadline:
             assert driver.poll() is None, "driver ended before its first checkpoint"
             time.sleep(0.2)
+        with pytest.raises(RunBusyError, match="being trained by Ray job"):  # a live attempt is never overlapped
+            files.begin_attempt(wait_s=0.5)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -75,6 +78,24 @@ def test_killed_driver_resumes_from_last_checkpoint(config_factory) -> None:
     assert all(m["timestamp"] > killed_at for m in history[len(kept):])
     assert summary["epochs"] == 4
     assert files.read_attempt().job_id == ray.get_runtime_context().get_job_id()
+
+
+def test_superseded_attempt_writes_nothing(tmp_path: Path, config_factory) -> None:
+    """The recorder of an attempt that lost the run leaves the run's files alone; the owner's writes them."""
+    cfg = config_factory(run={"name": "fenced"})
+    files = RunFiles(cfg.run.storage_path, "fenced")
+    old, new = files.begin_attempt(), files.begin_attempt()
+    assert not files.owns(old.token) and files.owns(new.token)
+    history = [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.5}]
+    folder = save_checkpoint(tmp_path / "ckpt", torch.nn.Linear(784, 10), cfg, {"epoch": 2, "history": history})
+    checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+    reports = [{**history[-1], "node_id": "n0", "node_ip": "10.0.0.1"}]
+
+    RunRecorder(cfg.run.storage_path, "fenced", old.token).after_report(None, reports, checkpoint)
+    assert files.read_metrics() == [] and files.read_ranks() == []
+    RunRecorder(cfg.run.storage_path, "fenced", new.token).after_report(None, reports, checkpoint)
+    assert files.read_metrics() == history
+    assert files.read_ranks() == [{"rank": 0, "node_id": "n0", "node_ip": "10.0.0.1"}]
 
 
 @pytest.mark.slow

@@ -245,15 +245,24 @@ class RunInterrupted(RuntimeError):
 def run_command(prog: str, action: Callable[[], Any]) -> int:
     """Run a command's body and map the expected failures to one stderr line and an exit code.
 
-    2: a config error found late (e.g. a search space); 1: no dataset; 130: interrupted.
+    2: a config error found late (e.g. a search space) or a request the cluster cannot
+    run (``mlp.preflight``, one line per problem); 1: no dataset, or the run is being
+    trained by another live process; 130: interrupted.
     Shared by every console script so they fail the same way.
     """
+    from mlp.preflight import PreflightError  # here, not at the top: it pulls in pyarrow
+    from mlp.runfiles import RunBusyError
+
     try:
         action()
     except ConfigError as err:
         print(f"{prog}: error: config {err.key}: {err.message}", file=sys.stderr)
         return 2
-    except DataNotFoundError as err:
+    except PreflightError as err:
+        for problem in err.problems:
+            print(f"{prog}: error: preflight: {problem}", file=sys.stderr)
+        return 2
+    except (DataNotFoundError, RunBusyError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except RunInterrupted as err:

@@ -23,6 +23,7 @@ from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
 from mlp.distributed import build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate
+from mlp.preflight import check_cluster
 from mlp.runfiles import RunFiles
 
 log = logging.getLogger("mlp.train")
@@ -56,6 +57,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
           f"{cfg.data.dataset}; results in {files.dir}", flush=True)
     started = time.perf_counter()
     init_ray()
+    print(check_cluster(cfg, "train").summary(), flush=True)  # exits 2 before anything is written
     attempt = files.begin_attempt()
     try:
         result = build_trainer(cfg, attempt_token=attempt.token).fit()

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from mlp.cli import make_parser, parse_config
+from mlp.cli import make_parser, parse_config, run_command
 from mlp.config import Config
 from mlp import rayenv
 from serve.predictor import ModelSource
@@ -38,10 +38,12 @@ def deploy(cfg: Config) -> str:
     from ray import serve
 
     from mlp.distributed import init_ray
+    from mlp.preflight import check_cluster
     from serve.app import build_from_config
     from serve.options import http_options
 
     init_ray()
+    log.info("%s", check_cluster(cfg, "serve").summary())  # every node can read the model it will load
     serve.start(http_options=http_options(cfg.serve))
     serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
@@ -74,7 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"python -m serve: {err}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    url = deploy(cfg)
+    urls: list[str] = []
+    code = run_command(parser.prog, lambda: urls.append(deploy(cfg)))  # a failed preflight exits 2
+    if code:
+        return code
+    url = urls[0]
     log.info("serving %s (%s) at %s  -- docs: %s/docs, Ctrl-C to stop", source.version
              if not source.checkpoint else source.checkpoint, folder, url, url)
     serve_until_interrupted()

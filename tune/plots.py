@@ -11,8 +11,8 @@ Uses matplotlib's file-only Agg backend: sweeps run headless (``ray job submit``
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import matplotlib
@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
+from mlp.storage import Location  # noqa: E402
 from tune.space import Dim  # noqa: E402
 
 SCATTER_PNG = "val_accuracy_vs_lr.png"
@@ -38,7 +39,7 @@ def _pick(dims: list[Dim], preferred: str, numeric: bool, exclude: Optional[str]
     return None
 
 
-def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Path) -> Path:
+def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Location) -> Location:
     x_dim = _pick(dims, "optim.lr", numeric=True)
     group_dim = _pick(dims, "model.hidden_sizes", numeric=False, exclude=x_dim.key if x_dim else None)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -67,12 +68,11 @@ def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Path)
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
-def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Path, max_epochs: int) -> Path:
+def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Location, max_epochs: int) -> Location:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         curve = row["curve"]
@@ -94,12 +94,18 @@ def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Path
         ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
-def plot_all(rows: list[dict[str, Any]], dims: list[Dim], folder: Path, max_epochs: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+def _save(fig: Any, path: Location) -> None:
+    """PNG bytes written whole through the storage layer, so the sweep's folder may be a URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    path.write_bytes(buffer.getvalue())
+
+
+def plot_all(rows: list[dict[str, Any]], dims: list[Dim], folder: Location, max_epochs: int) -> list[Location]:
     return [plot_accuracy_vs_lr(rows, dims, folder / SCATTER_PNG),
             plot_learning_curves(rows, dims, folder / CURVES_PNG, max_epochs)]

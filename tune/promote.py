@@ -9,12 +9,12 @@ provenance. The registry code itself lives in ``mlp`` because Serve reads it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 from mlp import registry
 from mlp.checkpoint import read_config, read_state
 from mlp.config import Config
+from mlp.storage import Location
 from mlp.train import evaluate_checkpoint
 
 
@@ -33,7 +33,7 @@ def best_checkpoint(result: Any) -> Optional[Any]:
     if frame is not None and "checkpoint_path" in frame:
         rows = frame.dropna(subset=["checkpoint_path"]).sort_values("val_accuracy", ascending=False)
         for path in rows["checkpoint_path"]:
-            if Path(path).is_dir():
+            if Location.of(path).is_dir():
                 return ray.tune.Checkpoint(path)
     return result.checkpoint
 
@@ -74,7 +74,7 @@ def _time_to_best(state: dict[str, Any]) -> Optional[float]:
     return None
 
 
-def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_dir: Path) -> dict[str, Any]:
+def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_dir: Location) -> dict[str, Any]:
     """Evaluate the top-ranked trial on the test set and promote it; returns its registry metrics.
 
     Trials are ranked by the best val accuracy they reached, and the winner's checkpoint of

@@ -9,11 +9,13 @@ Reads Tune's ``ResultGrid`` once (``collect``); everything after works on plain 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from mlp.storage import Location
 from tune.space import Dim
 
 TABLE_CSV = "trials.csv"
@@ -88,16 +90,16 @@ def format_table(rows: list[dict[str, Any]], dims: list[Dim]) -> str:
     return "\n".join(out)
 
 
-def save_table(rows: list[dict[str, Any]], dims: list[Dim], folder: Path) -> tuple[Path, Path]:
-    """``trials.csv`` (no curves) and ``trials.json`` (with curves) in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def save_table(rows: list[dict[str, Any]], dims: list[Dim], folder: Location) -> tuple[Location, Location]:
+    """``trials.csv`` (no curves) and ``trials.json`` (with curves) in ``folder``, on any storage."""
     columns = ["rank", "trial_id", *(d.key for d in dims), "best_val_accuracy", "final_val_accuracy",
                "epochs", "stopped_early", "status", "seconds", "path"]
     csv_path, json_path = folder / TABLE_CSV, folder / TABLE_JSON
-    with csv_path.open("w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path.write_text(out.getvalue())
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
     json_path.write_text(json.dumps(clean, indent=2))
     return csv_path, json_path

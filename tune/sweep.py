@@ -16,12 +16,13 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
 from mlp.config import Config, ConfigError
 from mlp.distributed import init_ray, with_run_name
+from mlp.preflight import check_cluster, sweep_request
+from mlp.storage import Location, join
 from mlp.train import check_data
 from tune import plots, report
 from tune.space import Dim, describe, grid_size, parse_space, to_param_space
@@ -37,8 +38,9 @@ class SweepInterrupted(RunInterrupted):
     """Tune stopped before every trial finished (Ctrl-C); the state on disk resumes it."""
 
 
-def sweep_dir(cfg: Config) -> Path:
-    return Path(cfg.run.storage_path) / str(cfg.run.name)
+def sweep_dir(cfg: Config) -> Location:
+    """The sweep's folder on its storage (a local folder or a URI such as s3://bucket/runs/<name>)."""
+    return Location.of(join(cfg.run.storage_path, str(cfg.run.name)))
 
 
 def resolve(cfg: Config) -> Config:
@@ -154,11 +156,13 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     check_data(cfg)
     init_ray()
     plan = plan_trials(cfg, ray.cluster_resources())
+    trial = sweep_request(cfg, plan.trial_resources if plan.runner == "trainer" else None, plan.worker_cpus)
+    print(check_cluster(cfg, "sweep", requests=[trial]).summary(), flush=True)
     print(f"{'resuming' if resume else 'starting'} sweep {cfg.run.name}: {expected_trials(cfg, dims)} trials, "
           f"{cfg.tune.search} search, {'ASHA' if cfg.tune.early_stopping else 'no early stopping'}, "
           f"up to {cfg.train.epochs} epochs on {cfg.data.dataset}; results in {path}\n"
           f"{describe(dims)}\n{plan.describe()}", flush=True)
-    path.mkdir(parents=True, exist_ok=True)
+    path.makedirs()
     if not resume:
         (path / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
     started = time.perf_counter()
@@ -170,7 +174,7 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     return finish(cfg, dims, results, wall, promote)
 
 
-def load_results(path: Path) -> Any:
+def load_results(path: Location) -> Any:
     """The ``ResultGrid`` of a sweep on disk, read without running anything."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 

@@ -19,12 +19,12 @@ trials never wait on each other for CPUs (or GPUs) they cannot get.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from mlp.config import Config, ConfigError
+from mlp.storage import join
 from tune.space import apply_params
 
 # Ray refuses a trial that reserves nothing ("Cannot initialize a ResourceRequest with
@@ -136,7 +136,7 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     data = cfg.to_dict()
     # A name fixed by the trial id (no timestamp) is what lets Train resume this trial's run.
-    data["run"]["storage_path"] = os.path.join(cfg.run.storage_path, str(cfg.run.name), TRAIN_RUNS_DIR)
+    data["run"]["storage_path"] = join(cfg.run.storage_path, str(cfg.run.name), TRAIN_RUNS_DIR)
     data["run"]["name"] = f"trial-{trial_id}"
     # TuneReportCallback forwards each ray.train.report to this trial; ReleaseStoppedWorkers
     # frees the workers if ASHA stops the trial (see tune.release for why Ray's own cleaner may not).

@@ -19,7 +19,7 @@ import torch
 from mlp.checkpoint import load_model
 from mlp.data import load_test
 from mlp.loop import evaluate
-from mlp.registry import model_dir, resolve_version
+from mlp.registry import read_latest, resolve_version
 from tune.sweep import SUMMARY_FILE, main, promote_finished, run_sweep
 
 # Good learning rates first: grid trials start in order, so the bad ones reach ASHA's
@@ -56,7 +56,7 @@ def test_asha_sweep_stops_trials_and_promotes_the_winner(config_factory) -> None
 
     root, name = cfg.registry.path, cfg.registry.model_name
     v1 = resolve_version(root, name)
-    assert v1.name == "v1" and os.readlink(model_dir(root, name) / "latest") == "v1"
+    assert v1.name == "v1" and read_latest(root, name) == "v1"
     metrics = json.loads((v1 / "metrics.json").read_text())
     provenance = json.loads((v1 / "provenance.json").read_text())
     for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "epochs", "time_to_target_s",
@@ -79,7 +79,7 @@ def test_asha_sweep_stops_trials_and_promotes_the_winner(config_factory) -> None
     again = run_sweep(cfg)  # a finished sweep is reported, not re-run or re-promoted
     assert again["promoted"]["version"] == "v1" and resolve_version(root, name).name == "v1"
     promoted = promote_finished(cfg)
-    assert promoted["version"] == "v2" and os.readlink(model_dir(root, name) / "latest") == "v2"
+    assert promoted["version"] == "v2" and read_latest(root, name) == "v2"
     assert resolve_version(root, name, "v1").is_dir()
 
 
@@ -145,7 +145,7 @@ def test_trainer_trials_share_two_cpus_and_free_stopped_workers_without_dashboar
     runs = tmp_path / "runs"
     script = textwrap.dedent(f"""
         import json, sys, time, ray
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster started elsewhere
         from tune.sweep import main
         code = main(["--tune.runner", "trainer", "--data.dataset", "synthetic", "--data.synthetic_size", "1000",
                      "--train.epochs", "2", "--tune.search", "grid", "--tune.grace_period", "1",

@@ -6,7 +6,7 @@ model -> ``json_response``), run by uvicorn with one worker process per core.
 No batching, no autoscaling, no hot swap: it is the practical baseline for
 "how fast can this model answer HTTP on this machine".
 
-    MLP_PEER_MODEL=~/mlp/registry/mlp/latest python benchmarks/peer_fastapi.py --port 8100
+    MLP_PEER_MODEL=~/mlp/registry/mlp/$(cat ~/mlp/registry/mlp/latest) python benchmarks/peer_fastapi.py --port 8100
 
 ``bench_serve.py`` starts and stops it itself.
 """

@@ -242,10 +242,11 @@ def model_file(cfg: Config) -> tuple[str, str]:
     """(config key, model file) that serve will load; FileNotFoundError (naming the fix) when there is none."""
     if cfg.serve.checkpoint:
         return "serve.checkpoint", join(cfg.serve.checkpoint, "model.pt")
-    from mlp.registry import resolve_version
+    from mlp.registry import locate_version
 
-    folder = resolve_version(cfg.registry.path, cfg.registry.model_name, cfg.serve.version)
-    return "registry.path", join(str(folder), "model.pt")
+    # Where the version lives on the registry's storage (never a download to this driver's disk).
+    folder = locate_version(cfg.registry.path, cfg.registry.model_name, cfg.serve.version)
+    return "registry.path", str(folder / "model.pt")
 
 
 def _fit_all(cfg: Config, requests: Sequence[Request], nodes: list[NodeInfo],

@@ -1,97 +1,278 @@
-"""The model registry: promoted models as numbered, immutable version folders.
+"""The model registry: promoted models as numbered, immutable version folders, on any storage.
 
-Layout::
+Layout (``<registry>`` is a local folder or a URI such as ``s3://bucket/registry``)::
 
     <registry>/<model name>/v<N>/model.pt          weights (torch.load(weights_only=True))
                                  config.json       the resolved config
                                  metrics.json      val/test accuracy, loss, epochs, time-to-accuracy
                                  provenance.json   dataset, seed, trial id, code and library versions
-    <registry>/<model name>/latest -> v<N>         symlink, replaced atomically
+    <registry>/<model name>/latest                 a pointer file holding e.g. ``v3``
 
-A version folder is assembled under a hidden temporary name and renamed into
-place, so a reader never sees half a model; ``latest`` is swapped with
-``os.replace``. Train (``--promote``) and Tune write here; Serve only reads.
+Why it is built this way:
+
+* A promotion is visible whole or not at all. On a disk the version is
+  assembled in a hidden folder and renamed into place. An object store has no
+  rename, so the files are uploaded one by one with ``provenance.json`` last,
+  and a version counts (``list_versions``, ``resolve_version``) only once its
+  ``provenance.json`` exists. ``latest`` moves only after that.
+* ``latest`` is a small file, not a symlink: object stores have no links and a
+  pointer read is one small request, so a replica can poll it every second.
+  Registries written when ``latest`` was a symlink to ``v<N>`` still read.
+* Versions never change once complete, so a node that serves a remote registry
+  downloads each version once into its cache (``$MLP_CACHE_DIR``, default
+  ``~/.cache/mlp``) and loads from there.
+
+Train (``--promote``) and Tune write here; Serve only reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import random
 import re
 import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from mlp.config import Config
+from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path, normalize
 
+log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
+VersionDir = Union[Path, Location]  # a Path when the registry is on this machine's disk, else a Location
 _VERSION = re.compile(r"^v(\d+)$")
 COPIED_FILES = ("model.pt", "config.json")
+COMPLETE_MARKER = "provenance.json"  # written last: its presence means the version is complete
+LATEST = "latest"
+NO_MODEL_FIX = "train with --promote or run a sweep first (or pass a checkpoint folder explicitly)"
+_verified: set[Path] = set()  # cached versions this process has checked against the registry
 
 
-def model_dir(root: PathLike, model_name: str) -> Path:
-    return Path(os.path.expanduser(str(root))) / model_name
+def model_location(root: PathLike, model_name: str) -> Location:
+    return Location.of(root) / model_name
+
+
+def model_dir(root: PathLike, model_name: str) -> VersionDir:
+    """The model's folder: a ``Path`` for a local registry (as before), a ``Location`` for a URI."""
+    return _as_dir(model_location(root, model_name))
+
+
+def _as_dir(location: Location) -> VersionDir:
+    local = local_path(location.uri)
+    return Path(local) if local is not None else location
+
+
+def _numbers(names: list[str]) -> list[int]:
+    return sorted(int(m.group(1)) for name in names if (m := _VERSION.match(name)))
 
 
 def list_versions(root: PathLike, model_name: str) -> list[int]:
-    folder = model_dir(root, model_name)
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir())
+    """Numbers of the complete versions (``provenance.json`` present); one listing on a bucket."""
+    files = model_location(root, model_name).list_files()
+    return _numbers([path.split("/")[0] for path in files if path.count("/") == 1
+                     and path.endswith("/" + COMPLETE_MARKER)])
 
 
-def resolve_version(root: PathLike, model_name: str, version: str = "latest") -> Path:
-    """Folder of ``version`` (``latest`` or ``vN``); a clear error when there is none."""
-    folder = model_dir(root, model_name)
-    if version == "latest":
-        link = folder / "latest"
-        if not link.exists():
-            raise FileNotFoundError(
-                f"no promoted model in {folder}: train with --promote or run a sweep first "
-                f"(or pass a checkpoint folder explicitly)")
-        return folder / os.readlink(link) if link.is_symlink() else link
+def read_latest(root: PathLike, model_name: str) -> Optional[str]:
+    """The version ``latest`` points at (``v3``), or None before the first promotion.
+
+    One small read: this is what a replica polls. A legacy registry's symlink is followed.
+    """
+    pointer = model_location(root, model_name) / LATEST
+    local = local_path(pointer.uri)
+    if local is not None and os.path.islink(local):
+        return os.path.basename(os.readlink(local).rstrip("/"))
+    if local is not None and os.path.isdir(local):  # a copy that turned the old symlink into a folder
+        return LATEST
+    try:
+        text = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not _VERSION.match(text):
+        raise ValueError(f"{pointer} should hold a version name such as v3 but holds {text[:40]!r}: "
+                         f"write the version to serve into it, or promote a model again")
+    return text
+
+
+def locate_version(root: PathLike, model_name: str, version: str = LATEST) -> Location:
+    """Where ``version`` (``latest`` or ``vN``) lives on the registry's storage; a clear error if nowhere."""
+    folder = model_location(root, model_name)
+    if version == LATEST:
+        name = read_latest(root, model_name)
+        if name is None:
+            raise FileNotFoundError(f"no promoted model in {folder}: {NO_MODEL_FIX}")
+        return folder / name
     path = folder / version
-    if not (path / "model.pt").is_file():
+    if not (path / COMPLETE_MARKER).is_file():
         known = ", ".join(f"v{n}" for n in list_versions(root, model_name)) or "none"
-        raise FileNotFoundError(f"{path} does not exist (versions: {known})")
+        raise FileNotFoundError(f"{path} is not a complete registry version (versions: {known}); "
+                                f"pick one of those, or {NO_MODEL_FIX}")
     return path
 
 
+def resolve_version(root: PathLike, model_name: str, version: str = LATEST) -> Path:
+    """A local folder holding ``version`` (``latest`` or ``vN``), ready for ``load_model``.
+
+    A local registry's folder is returned as is. A remote version is downloaded once into
+    this node's cache and reused; a pinned version already checked by this process costs
+    no request at all, and ``latest`` costs one pointer read.
+    """
+    remote = local_path(normalize(root)) is None
+    if remote and version != LATEST:
+        cached = _cache_dir(root, model_name, version)
+        if cached in _verified:
+            return cached
+    location = locate_version(root, model_name, version)
+    if not remote:
+        return Path(local_path(location.uri))
+    return _cached_version(root, model_name, location)
+
+
+def _cache_dir(root: PathLike, model_name: str, version: str) -> Path:
+    return cache_root() / "models" / cache_key(root) / model_name / version
+
+
+def _cached_version(root: PathLike, model_name: str, location: Location) -> Path:
+    """The cached copy of a remote version; downloaded when absent or not the registry's own."""
+    target = _cache_dir(root, model_name, location.name)
+    if target in _verified:
+        return target
+    if target.is_dir() and not _same_version(target, location):
+        # the registry was rewritten under the same URI (e.g. wiped and promoted again): refetch
+        stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
+        os.rename(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        cached_copy(location, target)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location} is missing although {location.name} was promoted there: "
+                                f"promote the model again or point {LATEST} at an existing version") from None
+    if not (target / "model.pt").is_file() or not (target / COMPLETE_MARKER).is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        raise FileNotFoundError(f"{location} is incomplete (model.pt or {COMPLETE_MARKER} missing): "
+                                f"promote the model again")
+    _verified.add(target)
+    return target
+
+
+def _same_version(cached: Path, location: Location) -> bool:
+    """Whether a cached copy is this registry's version: its provenance (unique per promotion) matches."""
+    try:
+        return (cached / COMPLETE_MARKER).read_bytes() == (location / COMPLETE_MARKER).read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
-            metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Copy a checkpoint into the next ``v<N>`` and point ``latest`` at it; returns the new folder."""
-    folder = model_dir(root, model_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+            metrics: dict[str, Any], provenance: dict[str, Any]) -> VersionDir:
+    """Copy a local checkpoint folder into the next ``v<N>`` and point ``latest`` at it.
+
+    Returns the new version: a ``Path`` for a local registry, a ``Location`` for a URI
+    (both have ``.name`` and ``str()``). Nothing becomes visible if it fails part-way.
+    """
+    source = Path(checkpoint_dir)
+    missing = [name for name in COPIED_FILES if not (source / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{source} is not a checkpoint: {', '.join(missing)} missing; nothing promoted")
+    folder = model_location(root, model_name)
+    promote_to = _promote_local if folder.is_local else _promote_remote
+    number = promote_to(folder, source, metrics, provenance)
+    (folder / LATEST).write_text(f"v{number}\n")
+    return _as_dir(folder / f"v{number}")
+
+
+def _provenance_text(provenance: dict[str, Any], number: int) -> str:
+    # promotion_id makes every promotion's provenance unique, which is how caches tell versions apart
+    return json.dumps({**provenance, "version": f"v{number}", "promotion_id": uuid.uuid4().hex}, indent=2)
+
+
+def _promote_local(folder: Location, source: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> int:
+    """Stage in a hidden folder, then rename it to the next free ``v<N>`` (atomic on one disk)."""
+    model_folder = Path(local_path(folder.uri))
+    model_folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=model_folder, prefix=".staging-"))
     staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         for name in COPIED_FILES:
-            shutil.copy2(Path(checkpoint_dir) / name, staging / name)
+            shutil.copy2(source / name, staging / name)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         while True:  # another promoter may take a number first; take the next one
-            number = max(list_versions(root, model_name), default=0) + 1
-            (staging / "provenance.json").write_text(
-                json.dumps({**provenance, "version": f"v{number}"}, indent=2))
+            number = max(_numbers(folder.children()), default=0) + 1
+            (staging / COMPLETE_MARKER).write_text(_provenance_text(provenance, number))
             try:
-                os.rename(staging, folder / f"v{number}")
-                break
+                os.rename(staging, model_folder / f"v{number}")
+                return number
             except OSError:
-                if not (folder / f"v{number}").exists():
+                if not (model_folder / f"v{number}").exists():
                     raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    link_tmp = folder / f".latest-{os.getpid()}"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
-    os.symlink(f"v{number}", link_tmp)
-    os.replace(link_tmp, folder / "latest")
-    return folder / f"v{number}"
+
+
+def _promote_remote(folder: Location, source: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> int:
+    """Upload to the next free ``v<N>``, ``provenance.json`` last; on failure remove what was uploaded."""
+    number = _claim_number(folder)
+    target = folder / f"v{number}"
+    try:
+        for name in COPIED_FILES:
+            (target / name).upload_file(source / name)
+        (target / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (target / COMPLETE_MARKER).write_text(_provenance_text(provenance, number))
+    except BaseException:
+        _discard(target)  # without provenance.json it is invisible anyway; this only tidies up
+        raise
+    finally:  # our claim, and a rival's on this number if any: a rival whose claim vanished withdraws
+        _discard(folder / _CLAIMS / f"v{number}")
+    return number
+
+
+def _discard(location: Location) -> None:
+    """Delete, best effort: a failure here must not hide the error being raised."""
+    try:
+        location.delete()
+    except OSError as err:
+        log.warning("could not remove %s (harmless, it is not a complete version): %s", location, err)
+
+
+_CLAIMS = ".claims"  # <model>/.claims/v<N>/<id>: promotions in flight (or crashed: that N is then skipped)
+
+
+def _taken_numbers(folder: Location) -> set[int]:
+    """Version numbers in use: every ``v<N>`` prefix, complete or not, and every claimed one."""
+    claimed = [path.split("/")[0] for path in (folder / _CLAIMS).list_files()]
+    return set(_numbers(folder.children())) | set(_numbers(claimed))
+
+
+def _claim_number(folder: Location, attempts: int = 20) -> int:
+    """Reserve the next free version number on a store that has no atomic rename.
+
+    A promoter writes a claim object, then lists the claims on that number: it keeps
+    the number only if its claim is alone there and no ``v<N>`` files exist yet. With
+    read-after-write consistent listings (S3, GCS) two promoters cannot both see only
+    themselves; one that sees company withdraws and tries again. Numbers stay unique
+    and increasing, but under contention one may be skipped (a third promoter saw the
+    claims that were then withdrawn).
+    """
+    for _ in range(attempts):
+        number = max(_taken_numbers(folder), default=0) + 1
+        claims = folder / _CLAIMS / f"v{number}"
+        claim = claims / uuid.uuid4().hex
+        claim.write_text(str(os.getpid()))
+        if claims.list_files() == [claim.name] and not (folder / f"v{number}").list_files():
+            return number
+        _discard(claim)
+        time.sleep(random.uniform(0.05, 0.2))  # desynchronise two promoters that keep colliding
+    raise RuntimeError(f"could not reserve a version number in {folder} after {attempts} attempts: "
+                       f"other promotions keep running there; try again")
 
 
 def _git_commit() -> Optional[str]:

@@ -215,7 +215,7 @@ class Location:
     def download_dir(self, target: PathLike) -> Path:
         """Copy this folder into a local folder (created); returns it."""
         fs, path = self._fs()
-        if fs.get_file_info(path).type != pafs.FileType.Directory and not self.is_dir():
+        if not self.is_dir():  # copy_files would copy nothing and say nothing
             raise FileNotFoundError(f"{self.uri} does not exist (or holds no files)")
         target = Path(target)
         target.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ cluster, prefer ``serve deploy cluster/serve_config.yaml`` (same application).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
@@ -19,7 +18,6 @@ from typing import Optional, Sequence
 
 from mlp.cli import make_parser, parse_config, run_command
 from mlp.config import Config
-from mlp import rayenv
 from serve.predictor import ModelSource
 
 APP_NAME = "mlp"
@@ -32,21 +30,25 @@ def deploy(cfg: Config) -> str:
     Shared by ``python -m serve`` and ``mlp-pipeline``; the model folder must
     already resolve (callers check first, so errors name the fix).
     """
-    if not os.environ.get("RAY_ADDRESS"):  # a cluster we start ourselves: give it the serving settings
-        rayenv.apply_cluster_env()
-
     from ray import serve
 
     from mlp.distributed import init_ray
     from mlp.preflight import check_cluster
-    from serve.app import build_from_config
+    from serve.app import build_from_config, failure_reason
     from serve.options import http_options
 
-    init_ray()
+    init_ray()  # a cluster it starts itself gets mlp.rayenv's serving settings
     log.info("%s", check_cluster(cfg, "serve").summary())  # every node can read the model it will load
     serve.start(http_options=http_options(cfg.serve))
-    serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
+    try:
+        serve.run(build_from_config(cfg), name=APP_NAME, route_prefix="/")
+    except RuntimeError as err:  # serve.run says only "Failed to update the deployments"; say why
+        raise DeployFailed(f"the application did not start: {failure_reason(APP_NAME)}") from err
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
+
+
+class DeployFailed(RuntimeError):
+    """No replica could start (e.g. none could load the model); the message carries the replicas' reason."""
 
 
 def serve_until_interrupted() -> None:
@@ -77,7 +79,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     urls: list[str] = []
-    code = run_command(parser.prog, lambda: urls.append(deploy(cfg)))  # a failed preflight exits 2
+    try:
+        code = run_command(parser.prog, lambda: urls.append(deploy(cfg)))  # a failed preflight exits 2
+    except DeployFailed as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 1
     if code:
         return code
     url = urls[0]

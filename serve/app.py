@@ -16,6 +16,15 @@ Hot swap, two ways, neither restarts a replica nor drops a request:
 
 A swap loads the new model in a thread and then replaces one reference; a
 batch already running keeps the predictor it started with.
+
+Health: a replica gets traffic only once it holds a model. Ray Serve 2.60
+marks a replica RUNNING (the only state requests are routed to) after its
+constructor, ``reconfigure`` and a first ``check_health`` have all returned;
+any of them raising counts as a failed start and the replica is replaced.
+So the constructor keeps trying to load for ``serve.load_grace_s`` seconds
+and ``check_health`` fails while no model is loaded: a replica that cannot
+read the registry never serves a 503. A replica that has a model keeps it when
+a later reload fails (it stays healthy and reports the problem instead).
 """
 
 # No ``from __future__ import annotations``: FastAPI must see ``Request`` as a class, not a string,
@@ -40,7 +49,8 @@ from serve.predictor import ModelSource, Predictor, load_predictor
 from serve.web import PREDICT_OPENAPI, error_response, json_response, parse_request, prediction_body, split_rows
 
 log = logging.getLogger("ray.serve")
-WATCH_INTERVAL_S = 1.0  # a readlink per second per replica: cheap, and a promotion shows within ~1 s
+WATCH_INTERVAL_S = 1.0  # one small pointer-file read per second per replica: cheap, and a promotion shows within ~1 s
+LOAD_RETRY_S = 0.5  # between load attempts of a starting replica: a model that appears mid-grace is seen at once
 DEPLOYMENT_NAME = "MLPService"
 
 api = FastAPI(
@@ -49,49 +59,107 @@ api = FastAPI(
 )
 
 
+# Helpers the routes call live above the class: ``@serve.ingress`` pickles the FastAPI app (routes
+# included) when the class is defined, so a name defined further down is missing in the replica.
+def describe_source(source: ModelSource) -> str:
+    """Where a replica looks for its model, in the words of an error message (path or URI included)."""
+    if source.checkpoint:
+        return f"checkpoint {source.checkpoint}"
+    return f"version {source.version} of model {source.model_name!r} in registry {source.registry}"
+
+
+def replica_id() -> str:
+    """This replica's Serve id: with several replicas, says which one answered."""
+    return serve.get_replica_context().replica_id.unique_id
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress(api)
 class MLPService:
     """One replica: the current predictor, a batching queue and a registry watcher."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any]) -> None:
         self.cfg = Config.from_dict(config)
         torch.set_num_threads(max(1, int(self.cfg.serve.replica_cpus)))
         self.source = ModelSource.from_config(self.cfg)
         self.predictor: Optional[Predictor] = None
         self.problem = "no model loaded yet"
         self.loaded_at = 0.0
+        self._load_deadline = time.monotonic() + self.cfg.serve.load_grace_s
         self._lock = asyncio.Lock()
         self._infer.set_max_batch_size(self.cfg.serve.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
+        # Serve routes nothing here before this returns, so waiting for the model costs no 503s.
+        await self._load_within_grace()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
+    async def check_health(self) -> None:
+        """Serve's health check: fail while no model is loaded, so Serve neither starts routing nor keeps routing.
+
+        Ray runs it once right after ``__init__`` and ``reconfigure`` (a failure there is a failed start:
+        the replica is stopped and retried, and after a few failures the deploy fails with this message)
+        and every ``serve.health_check_period_s`` after that. A failed *reload* does not fail it: the
+        replica still serves the model it has. Kept cheap: it runs on the request loop.
+        """
+        if self.predictor is None:
+            raise RuntimeError(f"no model to serve after {self.cfg.serve.load_grace_s:g}s "
+                               f"(serve.load_grace_s): {self.problem}")
+        if self._watcher.done() and not self._watcher.cancelled():  # hot swap would stop without a word
+            raise RuntimeError(f"the registry watcher stopped: {self._watcher.exception()!r}")
+
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        """Serve this source from now on: ``{"version": "latest" | "vN", "checkpoint": path | null}``."""
+        """Serve this source from now on: ``{"version": "latest" | "vN", "checkpoint": path | null}``.
+
+        Never raises for a source that cannot be loaded: Ray would stop a running replica whose
+        ``reconfigure`` fails, and the model it already has is better than none (``problem`` says why).
+        """
         unknown = set(user_config) - {"version", "checkpoint"}
         if unknown:
             raise ValueError(f"user_config: unknown keys {sorted(unknown)} (known: version, checkpoint)")
         serve_cfg = ServeConfig(**{**self.cfg.serve.__dict__, **user_config})  # validates the version
         self.source = ModelSource(self.source.registry, self.source.model_name,
                                   serve_cfg.version, serve_cfg.checkpoint)
-        await self._refresh(force=True)
+        if self.predictor is None:  # still starting: this source gets what is left of the grace period
+            await self._load_within_grace()
+        else:
+            await self._refresh()
 
-    async def _refresh(self, force: bool = False) -> bool:
+    async def _load_within_grace(self) -> None:
+        """Try to load until a model is in or ``serve.load_grace_s`` has passed since the replica started.
+
+        A registry that shows up a moment late (a slow mount, a promotion in flight) costs a short
+        wait instead of a failed replica; one that never shows up leaves ``predictor`` at None and
+        ``check_health`` fails with ``problem``.
+        """
+        while self.predictor is None:
+            await self._refresh()
+            remaining = self._load_deadline - time.monotonic()
+            if self.predictor is not None or remaining <= 0:
+                return
+            await asyncio.sleep(min(LOAD_RETRY_S, remaining))
+
+    async def _refresh(self) -> bool:
         """Load the source's current folder if it differs from the one being served; True if swapped."""
         async with self._lock:
             try:
                 folder = await asyncio.to_thread(self.source.resolve)
-                if not force and self.predictor is not None and Path(self.predictor.info.path) == folder:
+                if self.predictor is not None and Path(self.predictor.info.path) == folder:
+                    self.problem = ""  # the source resolves again to what we serve: nothing is wrong
                     return False
                 predictor = await asyncio.to_thread(load_predictor, self.source)
             except (OSError, ValueError, RuntimeError, ConfigError) as err:
-                self.problem = f"cannot load {self.source}: {err}"
-                log.warning(self.problem)
+                self._report(f"cannot load {describe_source(self.source)}: {err}")
                 return False
             old = self.predictor.version if self.predictor else None
             self.predictor, self.problem, self.loaded_at = predictor, "", time.time()
             log.info("serving model %s (was %s)", predictor.version, old)
             return True
+
+    def _report(self, problem: str) -> None:
+        """Remember why the last load failed; log it once, not on every watcher tick."""
+        if problem != self.problem:
+            log.warning(problem)
+        self.problem = problem
 
     async def _watch(self) -> None:
         while True:
@@ -138,11 +206,12 @@ class MLPService:
     async def healthz(self) -> Response:
         return json_response({"status": "ok"})
 
-    @api.get("/readyz", summary="Readiness: a model is loaded")
+    @api.get("/readyz", summary="Readiness: a model is loaded; problem: why the last load failed")
     async def readyz(self) -> Response:
         if self.predictor is None:
-            return json_response({"ready": False, "error": self.problem}, status=503)
-        return json_response({"ready": True, "version": self.predictor.version})
+            return json_response({"ready": False, "error": self.problem, "replica": replica_id()}, status=503)
+        return json_response({"ready": True, "version": self.predictor.version, "problem": self.problem or None,
+                              "replica": replica_id()})
 
     @api.get("/model", summary="The model being served: version, metrics, provenance")
     async def model(self) -> Response:
@@ -151,7 +220,7 @@ class MLPService:
         return json_response({**self.predictor.info.to_dict(), "loaded_at": self.loaded_at,
                               "source": {"registry": self.source.registry, "model_name": self.source.model_name,
                                          "version": self.source.version, "checkpoint": self.source.checkpoint},
-                              "problem": self.problem or None})
+                              "problem": self.problem or None, "replica": replica_id()})
 
     @api.post("/admin/reload", summary="Re-read the registry now (this replica; others within a second)")
     async def reload(self) -> Response:
@@ -159,6 +228,21 @@ class MLPService:
         if self.predictor is None:
             return json_response({"error": self.problem, "status": 503}, status=503)
         return json_response({"version": self.predictor.version, "changed": changed, "problem": self.problem or None})
+
+
+def failure_reason(app_name: str) -> str:
+    """Why an application is not running, one line per unhealthy deployment, from ``serve.status()``.
+
+    ``serve.run`` raises only "Failed to update the deployments [...]": the replica's own error
+    (e.g. ``check_health``'s "no model to serve ...") is the last line of the deployment's message.
+    """
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return f"no application named {app_name!r}"
+    lines = [f"{name}: {deployment.message.strip().splitlines()[-1]}"
+             for name, deployment in app.deployments.items()
+             if deployment.status != "HEALTHY" and deployment.message.strip()]
+    return "\n".join(lines) or app.message
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

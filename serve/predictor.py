@@ -23,6 +23,7 @@ from mlp.config import Config
 from mlp.data import CLASS_NAMES
 from mlp.model import INPUT_SIZE, MLP
 from mlp.registry import resolve_version
+from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path
 
 PathLike = Union[str, Path]
 
@@ -41,13 +42,27 @@ class ModelSource:
         return cls(cfg.registry.path, cfg.registry.model_name, cfg.serve.version, cfg.serve.checkpoint)
 
     def resolve(self) -> Path:
-        """The folder this source points at *now*; ``latest`` follows the registry pointer."""
+        """The local folder to load *now*; ``latest`` follows the registry pointer.
+
+        A remote registry version or checkpoint (``s3://...``) is downloaded once into this
+        node's cache and reused, so polling ``latest`` costs one pointer read, not a download.
+        """
         if self.checkpoint:
-            folder = Path(self.checkpoint).expanduser()
-            if not (folder / "model.pt").is_file():
-                raise FileNotFoundError(f"{folder} is not a checkpoint: model.pt is missing")
-            return folder.resolve()
+            return _checkpoint_folder(self.checkpoint)
         return resolve_version(self.registry, self.model_name, self.version).resolve()
+
+
+def _checkpoint_folder(checkpoint: str) -> Path:
+    """A checkpoint folder on this machine; a remote one (a reported Ray Train checkpoint never changes) cached."""
+    local = local_path(checkpoint)  # a plain path or file://; None for a bucket
+    if local is None:
+        location = Location.of(checkpoint)  # the folder keeps its name: the version shows as checkpoint:<name>
+        folder = cached_copy(location, cache_root() / "checkpoints" / cache_key(checkpoint) / location.name)
+    else:
+        folder = Path(local)
+    if not (folder / "model.pt").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a checkpoint: model.pt is missing")
+    return folder.resolve()
 
 
 @dataclass

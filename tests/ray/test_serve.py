@@ -3,13 +3,16 @@
 One application serves ``latest`` from a temporary registry (v1 at first; the
 hot-swap test promotes v2), trained for a moment on a Fashion-MNIST subset.
 Every answer is compared with the offline ``Predictor`` of the version the
-answer names. Serve is shut down at the end of the module.
+answer names. The health tests deploy extra applications on registries of
+their own (one empty, one whose ``latest`` breaks). Serve is shut down at the
+end of the module.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -27,9 +30,9 @@ from mlp.checkpoint import save_checkpoint
 from mlp.config import Config
 from mlp.data import Splits, load_test
 from mlp.loop import fit, prepare
-from mlp.registry import make_provenance, promote
+from mlp.registry import make_provenance, model_dir, promote
 from serve import client as serve_client
-from serve.app import build_from_config
+from serve.app import DEPLOYMENT_NAME, build_from_config, failure_reason
 from serve.options import http_options
 from serve.predictor import load_predictor
 
@@ -69,7 +72,7 @@ def endpoint(tmp_path_factory):
     offline = {"v1": load_predictor(first)}
     with httpx.Client(base_url=url, timeout=30) as http:
         yield {"url": url, "http": http, "cfg": cfg, "x": x[:N_TEST], "y": y[:N_TEST], "offline": offline,
-               "second": second}
+               "first": first, "second": second, "tmp": tmp}
     serve.shutdown()
 
 
@@ -87,7 +90,8 @@ def assert_matches_offline(endpoint, answers: list[dict], x: torch.Tensor) -> No
 def test_health_ready_model_and_docs(endpoint):
     http = endpoint["http"]
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json() == {"ready": True, "version": "v1"}
+    ready = http.get("/readyz").json()
+    assert (ready["ready"], ready["version"], ready["problem"]) == (True, "v1", None) and ready["replica"]
     model = http.get("/model").json()
     assert model["version"] == "v1" and model["dataset"] == "fashion-mnist"
     assert model["metrics"]["test_accuracy"] == 0.7 and model["provenance"]["version"] == "v1"
@@ -294,3 +298,95 @@ def test_slow_prediction_answers_504_naming_the_timeout(endpoint):
             assert http.get("/healthz").status_code == 200
     finally:
         serve.delete("slow")
+
+
+def with_registry(endpoint, registry: Path, **serve_keys) -> Config:
+    """The endpoint's config, serving from another registry, with some ``serve`` keys changed."""
+    base = endpoint["cfg"].to_dict()
+    return Config.from_dict({**base, "registry": {**base["registry"], "path": str(registry)},
+                             "serve": {**base["serve"], **serve_keys}})
+
+
+def point_latest_at(registry: Path, version: str) -> None:
+    """Swap the registry's ``latest`` pointer the way ``promote`` does, to any version name (even a missing one)."""
+    latest = model_dir(registry, "mlp") / "latest"
+    staged = latest.with_name(".latest-test")
+    if latest.is_symlink():
+        os.symlink(version, staged)
+    else:  # a pointer file
+        staged.write_text(version)
+    os.replace(staged, latest)
+
+
+def get_or_none(http: httpx.Client, path: str) -> httpx.Response | None:
+    try:
+        return http.get(path)
+    except httpx.HTTPError:  # nothing answers at all: as good as a refusal here
+        return None
+
+
+def test_empty_registry_fails_the_deploy_and_names_the_registry(endpoint):
+    """No replica without a model serves: the deploy fails saying why; after a promotion it serves 200s."""
+    registry = endpoint["tmp"] / "empty-registry"
+    cfg = with_registry(endpoint, registry, load_grace_s=0.5)
+    with pytest.raises(RuntimeError, match="Deploying application empty failed"):
+        serve.run(build_from_config(cfg), name="empty", route_prefix="/empty")
+    try:
+        app = serve.status().applications["empty"]
+        deployment = app.deployments[DEPLOYMENT_NAME]
+        assert app.status == "DEPLOY_FAILED"
+        assert "no model to serve after 0.5s (serve.load_grace_s)" in deployment.message, deployment.message
+        assert f"no promoted model in {model_dir(registry, 'mlp')}" in deployment.message, deployment.message
+        assert deployment.replica_states.get("RUNNING", 0) == 0, deployment.replica_states
+        reason = failure_reason("empty")
+        assert reason.startswith(f"{DEPLOYMENT_NAME}: RuntimeError: no model to serve") and str(registry) in reason
+        with httpx.Client(base_url=endpoint["url"] + "/empty", timeout=5) as http:
+            liveness = get_or_none(http, "/healthz")  # a modelless replica would answer 200 here
+            assert liveness is None or liveness.status_code != 200, liveness.text
+
+        promote(registry, "mlp", endpoint["first"], {"test_accuracy": 0.7}, make_provenance(cfg, "v1"))
+        serve.run(build_from_config(cfg), name="empty", route_prefix="/empty")  # a new code version: restarts
+        with httpx.Client(base_url=endpoint["url"] + "/empty", timeout=30) as http:
+            resp = post_json(http, endpoint["x"][0].tolist())
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["version"] == "v1"
+            assert_matches_offline(endpoint, [resp.json()], endpoint["x"][:1])
+    finally:
+        serve.delete("empty")
+
+
+def test_replica_that_loses_its_source_keeps_serving_and_says_why(endpoint):
+    """``latest`` pointed at a missing version: the loaded model keeps answering, the replica stays healthy
+    (same replica over several fast health checks) and /readyz, /model and /admin/reload name the problem."""
+    registry = endpoint["tmp"] / "lost-registry"
+    cfg = with_registry(endpoint, registry, health_check_period_s=0.5, health_check_timeout_s=2)
+    promote(registry, "mlp", endpoint["first"], {"test_accuracy": 0.7}, make_provenance(cfg, "v1"))
+    serve.run(build_from_config(cfg), name="lost", route_prefix="/lost")
+    try:
+        with httpx.Client(base_url=endpoint["url"] + "/lost", timeout=10) as http:
+            replica = http.get("/readyz").json()["replica"]
+            point_latest_at(registry, "v99")
+            deadline = time.time() + 10
+            while time.time() < deadline and http.get("/readyz").json()["problem"] is None:
+                time.sleep(0.2)
+            time.sleep(3.0)  # 6 health periods: a replica failing its checks (3 in a row) would be gone by now
+            ready = http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert (ready.json()["ready"], ready.json()["version"], ready.json()["replica"]) == (True, "v1", replica)
+            problem = ready.json()["problem"]
+            assert problem and f"in registry {registry}" in problem, problem
+            assert http.get("/model").json()["problem"] == problem
+            reload = http.post("/admin/reload")
+            assert reload.status_code == 200 and reload.json()["problem"] == problem, reload.text
+            resp = post_json(http, endpoint["x"][0].tolist())
+            assert resp.status_code == 200 and resp.json()["version"] == "v1", resp.text
+            assert_matches_offline(endpoint, [resp.json()], endpoint["x"][:1])
+            assert serve.status().applications["lost"].status == "RUNNING"
+
+            point_latest_at(registry, "v1")  # the source is back: the problem clears, nothing reloads
+            deadline = time.time() + 10
+            while time.time() < deadline and http.get("/readyz").json()["problem"] is not None:
+                time.sleep(0.2)
+            assert http.get("/readyz").json()["problem"] is None
+    finally:
+        serve.delete("lost")

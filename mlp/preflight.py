@@ -108,6 +108,18 @@ def _remove(location: Location, empty_parents: int) -> None:
             return
 
 
+def _missing_levels(location: Location, most: int = 8) -> int:
+    """How many folders from ``location`` upwards do not exist yet: the probe creates them, then removes them."""
+    levels = 0
+    try:
+        while levels < most and not location.exists():
+            levels += 1
+            location = Location(posixpath.dirname(location.uri))
+    except Exception:  # unreadable storage: the probe itself reports it
+        pass
+    return levels
+
+
 def _attempt(step: Callable[[], Any]) -> str:
     try:
         step()
@@ -191,6 +203,7 @@ def check_storage(nodes: Sequence[NodeInfo], storage: Optional[str], model: Opti
     """
     token, host = uuid.uuid4().hex[:12], socket.gethostname()
     root = str(Location.of(storage) / PROBE_DIR / token) if storage else None
+    created = _missing_levels(Location.of(storage)) if storage else 0  # removed again afterwards
     driver = []
     if root is not None:
         err = _attempt(lambda: (Location(root) / DRIVER_PROBE).write_text(token))
@@ -209,7 +222,8 @@ def check_storage(nodes: Sequence[NodeInfo], storage: Optional[str], model: Opti
                                       f"the nodes. {STORAGE_FIX}")
     finally:
         if root is not None:
-            _remove(Location(root), empty_parents=1)  # and .preflight/ when no other check uses it
+            # and .preflight/ when no other check uses it, and the folders the probe created above it
+            _remove(Location(root), empty_parents=1 + created)
     return checks, driver
 
 
@@ -280,6 +294,8 @@ def check_cluster(cfg: Config, purpose: Purpose, *, requests: Optional[Sequence[
     nodes, scaling = alive_nodes(), detect_autoscaling()
     requests = list(requests) if requests is not None else requests_for(cfg, purpose)
     problems, notes, passed = _fit_all(cfg, requests, nodes, scaling)
+    if problems:  # no probe: a request that can never run writes nothing anywhere
+        raise PreflightError(problems)
     model = None
     if purpose == "serve":
         try:

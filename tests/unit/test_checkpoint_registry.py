@@ -10,9 +10,8 @@ import json
 import os
 import shutil
 import threading
-import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -23,9 +22,7 @@ from mlp.loop import build_optimizer
 from mlp.model import build_model
 from mlp.storage import Location
 from serve.predictor import ModelSource, load_predictor
-from s3server import s3_server  # tests/s3server.py; tests/ is on sys.path through tests/conftest.py
 
-BUCKET = "mlp-registry-test"
 
 
 def test_checkpoint_round_trip_weights_only(tmp_path: Path, config_factory) -> None:
@@ -53,17 +50,6 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path, config_factory) -> N
 
 # --- the registry, on a local folder and on S3 -------------------------------------------------
 
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    with s3_server(BUCKET) as env:
-        yield env
-
-
-@pytest.fixture
-def s3_root(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}/registry"
 
 
 @pytest.fixture(autouse=True)

@@ -9,31 +9,15 @@ from __future__ import annotations
 import http.server
 import os
 import threading
-import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.fs as pafs
 import pytest
 
 from mlp.storage import Location, cached_copy, join, normalize
-from s3server import s3_server  # tests/s3server.py; tests/ is on sys.path through tests/conftest.py
-
-BUCKET = "mlp-storage-test"
 
 
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    with s3_server(BUCKET) as env:
-        yield env
 
-
-@pytest.fixture
-def s3_root(s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh prefix in the test bucket, with this test's environment pointing at the server."""
-    for key, value in s3_env.items():
-        monkeypatch.setenv(key, value)
-    return f"s3://{BUCKET}/{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(params=["local", "s3"])

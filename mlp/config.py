@@ -223,7 +223,23 @@ class ServeConfig:
     )
     max_instances: int = field(default=1024, metadata=_help("most instances in one request"))
     max_body_bytes: int = field(default=8 * 1024 * 1024, metadata=_help("largest request body"))
-    max_image_pixels: int = field(default=4096 * 4096, metadata=_help("largest uploaded image (width*height)"))
+    max_image_pixels: int = field(
+        default=1024 * 1024,
+        metadata=_help("largest uploaded image (width*height): every image is reduced to 28x28 and decoding costs "
+                       "time per pixel, so 1024x1024 (36x the model's 28 px side) keeps a small PNG from asking "
+                       "for 16 MP of work"),
+    )
+    decode_threads: int = field(
+        default=1, metadata=_help("threads per replica that decode images, off the replica's event loop"))
+    decode_queue: int = field(
+        default=8,
+        metadata=_help("images that may wait for a decode thread (each wait <= ~9 decodes, ~0.5 s at the pixel "
+                       "limit); beyond that a quick 503"))
+    admin_token_file: Optional[str] = field(
+        default=None,
+        metadata=_help("file holding the token POST /admin/reload requires when serve.host is not loopback "
+                       "(else $MLP_ADMIN_TOKEN in the replica's environment; with neither the route is off)"),
+    )
     min_replicas: int = field(default=1, metadata=_help("autoscaling lower bound"))
     max_replicas: int = field(default=2, metadata=_help("autoscaling upper bound"))
     target_ongoing_requests: float = field(default=16, metadata=_help("autoscaling target per replica"))
@@ -249,9 +265,15 @@ class ServeConfig:
         _require(self.version == "latest" or (self.version.startswith("v") and self.version[1:].isdigit()),
                  "serve.version", f"must be 'latest' or vN, got {self.version!r}")
         for key in ("max_batch_size", "max_instances", "max_body_bytes", "max_image_pixels",
-                    "min_replicas", "max_ongoing_requests", "max_queued_requests"):
+                    "min_replicas", "max_ongoing_requests", "max_queued_requests", "decode_threads"):
             value = getattr(self, key)
             _require(value >= 1, f"serve.{key}", f"must be >= 1, got {value}")
+        _require(self.decode_queue >= 0, "serve.decode_queue", f"must be >= 0, got {self.decode_queue}")
+        # Pillow refuses images above 2 x 89 MP itself, with a message of its own; stay well below.
+        _require(self.max_image_pixels <= 64 * 1024 * 1024, "serve.max_image_pixels",
+                 f"must be <= {64 * 1024 * 1024} (64 MP), got {self.max_image_pixels}")
+        _require(self.admin_token_file is None or bool(self.admin_token_file.strip()), "serve.admin_token_file",
+                 "must be a file path (or unset)")
         _require(self.max_replicas >= self.min_replicas, "serve.max_replicas",
                  f"must be >= serve.min_replicas ({self.min_replicas}), got {self.max_replicas}")
         _require(self.batch_wait_timeout_s >= 0, "serve.batch_wait_timeout_s",

@@ -17,6 +17,13 @@ Hot swap, two ways, neither restarts a replica nor drops a request:
 A swap loads the new model in a thread and then replaces one reference; a
 batch already running keeps the predictor it started with.
 
+``POST /admin/reload`` is open while the endpoint listens on loopback only;
+otherwise it needs ``Authorization: Bearer <token>`` (``serve.admin_token_file``
+or ``$MLP_ADMIN_TOKEN``) and is off without a token (``serve.options.admin_access``).
+``/openapi.json`` describes every request and answer for this replica's config
+(``serve.web.openapi_document``); images decode in a bounded thread pool
+(``serve.web.DecodePool``), never on the event loop that answers ``/healthz``.
+
 Health: a replica gets traffic only once it holds a model. Ray Serve 2.60
 marks a replica RUNNING (the only state requests are routed to) after its
 constructor, ``reconfigure`` and a first ``check_health`` have all returned;
@@ -38,25 +45,38 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from ray import serve
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from mlp.config import Config, ConfigError, ServeConfig
 from serve.inputs import InputError
-from serve.options import config_from_app_args, deployment_options
+from serve.options import UNKNOWN_HOST, admin_access, config_from_app_args, deployment_options
 from serve.predictor import ModelSource, Predictor, load_predictor
-from serve.web import PREDICT_OPENAPI, error_response, json_response, parse_request, prediction_body, split_rows
+from serve.web import error_response, json_response, openapi_document, parse_request, prediction_body, split_rows
 
 log = logging.getLogger("ray.serve")
 WATCH_INTERVAL_S = 1.0  # one small pointer-file read per second per replica: cheap, and a promotion shows within ~1 s
 LOAD_RETRY_S = 0.5  # between load attempts of a starting replica: a model that appears mid-grace is seen at once
 DEPLOYMENT_NAME = "MLPService"
+TITLE = "MLP inference"
 
-api = FastAPI(
-    title="MLP inference",
-    description="Digit / Fashion-MNIST classifier served by Ray Serve. POST JSON pixels or an image to /predict.",
-)
+# The replica serves /openapi.json and /docs itself: the document depends on its config (limits, admin access).
+api = FastAPI(title=TITLE, openapi_url=None, docs_url=None, redoc_url=None,
+              description="Digit / Fashion-MNIST classifier served by Ray Serve. POST JSON pixels or an image "
+                          "to /predict.")
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Unknown path, wrong method: the same ``{"error", "status"}`` body as every other refusal (Allow kept)."""
+    return json_response({"error": f"{exc.detail}: {request.method} {request.url.path}", "status": exc.status_code},
+                         status=exc.status_code, headers=exc.headers)
+
+
+api.add_exception_handler(HTTPException, http_error)
 
 
 # Helpers the routes call live above the class: ``@serve.ingress`` pickles the FastAPI app (routes
@@ -71,6 +91,28 @@ def describe_source(source: ModelSource) -> str:
 def replica_id() -> str:
     """This replica's Serve id: with several replicas, says which one answered."""
     return serve.get_replica_context().replica_id.unique_id
+
+
+def serve_http_host() -> str:
+    """The address Serve's HTTP ingress binds (``http_options.host``), asked of the controller.
+
+    The config's ``serve.host`` is not enough: a ``serve deploy`` YAML sets ``http_options.host`` on its own.
+    Ray 2.60 has no public call for it; the client below is what ``serve.get_app_handle`` uses. If the
+    controller cannot say, the address counts as exposed (the admin route then needs a token).
+    """
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception as err:  # noqa: BLE001 - any failure: fail closed
+        log.warning("cannot ask Serve which address it binds (%r); POST /admin/reload will need a token", err)
+        return UNKNOWN_HOST
+
+
+def base_openapi() -> dict[str, Any]:
+    """FastAPI's document of the routes (paths, summaries, operation ids), before ``openapi_document`` fills in
+    the bodies. Module-level, so the replica reads the routes of the module it imported."""
+    return get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -89,6 +131,11 @@ class MLPService:
         self._lock = asyncio.Lock()
         self._infer.set_max_batch_size(self.cfg.serve.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
+        self.admin = admin_access(self.cfg.serve, await asyncio.to_thread(serve_http_host))
+        if self.admin.mode != "open":
+            log.info("POST /admin/reload: %s (%s)", "token required" if self.admin.mode == "token" else "off",
+                     self.admin.detail or self.admin.reason)
+        self.openapi_doc = openapi_document(base_openapi(), self.cfg.serve, self.admin.mode)
         # Serve routes nothing here before this returns, so waiting for the model costs no 503s.
         await self._load_within_grace()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -184,8 +231,7 @@ class MLPService:
             start = end
         return results
 
-    @api.post("/predict", openapi_extra=PREDICT_OPENAPI,
-              summary="Classify one instance, a batch, or an uploaded image")
+    @api.post("/predict", summary="Classify one instance, a batch, or an uploaded image")
     async def predict(self, request: Request) -> Response:
         predictor = self.predictor
         if predictor is None:
@@ -223,11 +269,25 @@ class MLPService:
                               "problem": self.problem or None, "replica": replica_id()})
 
     @api.post("/admin/reload", summary="Re-read the registry now (this replica; others within a second)")
-    async def reload(self) -> Response:
+    async def reload(self, request: Request) -> Response:
+        try:
+            self.admin.check(request.headers.get("authorization"))
+        except InputError as err:
+            return error_response(err)
         changed = await self._refresh()
         if self.predictor is None:
             return json_response({"error": self.problem, "status": 503}, status=503)
         return json_response({"version": self.predictor.version, "changed": changed, "problem": self.problem or None})
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi(self, request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")  # the route prefix, e.g. /mlp
+        return json_response({**self.openapi_doc, "servers": [{"url": root}]} if root else self.openapi_doc)
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{TITLE} - docs")
 
 
 def failure_reason(app_name: str) -> str:

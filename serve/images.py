@@ -4,6 +4,9 @@ The rule (also in docs/serve.md):
 
 1. Only PNG and JPEG are decoded. The pixel count (width x height) is checked
    from the header *before* decoding, so a decompression bomb costs nothing.
+   What does get decoded is capped by ``serve.max_image_pixels`` (1024x1024 by
+   default), and ``serve.web`` runs this module in a small bounded thread pool,
+   never on the server's event loop.
 2. EXIF orientation is applied (phone photos), transparency is flattened onto
    white (a transparent background reads as paper), then the image becomes
    8-bit grayscale.
@@ -25,11 +28,10 @@ The rule (also in docs/serve.md):
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from mlp.data import to_model_input
 from serve.inputs import SIDE, InputError
@@ -41,25 +43,19 @@ INK_LEVEL = 0.2  # share of the brightest pixel that counts as ink when cropping
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Open PNG/JPEG bytes as grayscale, refusing empty, undecodable and oversized images."""
-    if not data:
-        raise InputError(400, "empty image: the uploaded file has 0 bytes")
+    """Open PNG/JPEG bytes as grayscale, refusing empty, undecodable and oversized images.
+
+    Safe to run in several threads at once (no process-wide state such as warning filters is touched).
+    Any exception Pillow raises on the bytes is the client's undecodable image, never a server error.
+    """
+    precheck(data, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            OSError, SyntaxError, ValueError) as err:
-        size = _png_size(data)
-        if size is not None and 0 in size:  # Pillow refuses these without saying why
-            raise InputError(422, f"zero-size image: {size[0]}x{size[1]} pixels") from None
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as err:  # a JPEG far above any limit (Pillow's own, ~179 MP)
+        raise InputError(413, f"image above the limit of {max_pixels} pixels: {err}") from None
+    except Exception as err:  # noqa: BLE001 - UnidentifiedImageError, or whatever else hostile bytes provoke
         raise InputError(422, f"cannot decode image (PNG or JPEG expected): {err}") from None
-    width, height = img.size
-    if width == 0 or height == 0:
-        raise InputError(422, f"zero-size image: {width}x{height} pixels")
-    if width * height > max_pixels:
-        raise InputError(413, f"image of {width}x{height} = {width * height} pixels is above "
-                              f"the limit of {max_pixels} pixels")
+    _check_size(*img.size, max_pixels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -68,8 +64,25 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             img = Image.alpha_composite(white, rgba)
         return img.convert("L")
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt pixel data
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, broken EXIF, ...
         raise InputError(422, f"cannot decode image (PNG or JPEG expected): {err}") from None
+
+
+def precheck(data: bytes, max_pixels: int) -> None:
+    """What can be refused in microseconds, before a decode thread is spent: no bytes; a PNG header's size."""
+    if not data:
+        raise InputError(400, "empty image: the uploaded file has 0 bytes")
+    size = _png_size(data)
+    if size is not None:
+        _check_size(*size, max_pixels)
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width == 0 or height == 0:  # Pillow refuses these without saying why
+        raise InputError(422, f"zero-size image: {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise InputError(413, f"image of {width}x{height} = {width * height} pixels is above "
+                              f"the limit of {max_pixels} pixels")
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -87,12 +100,15 @@ def _frame(pixels: np.ndarray, dataset: str) -> np.ndarray:
     """Stretch, crop to the ink, scale and centre a light-on-dark image into 28x28 (step 5)."""
     background = float(np.median(_ring(pixels)))
     peak = float(pixels.max())
-    if peak > background:
-        pixels = np.clip((pixels - background) / (peak - background), 0.0, 1.0) * 255.0
-    ink = np.argwhere(pixels > INK_LEVEL * max(float(pixels.max()), 1.0))
-    if len(ink):
-        (top, left), (bottom, right) = ink.min(0), ink.max(0) + 1
-        pixels = pixels[top:bottom, left:right]
+    if peak > background:  # (p - background) / (peak - background), clipped to [0, 1], x 255: in place
+        pixels = pixels - background
+        pixels /= peak - background
+        np.clip(pixels, 0.0, 1.0, out=pixels)
+        pixels *= 255.0
+    ink = pixels > INK_LEVEL * max(float(pixels.max()), 1.0)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))  # the ink's bounding box
+    if len(rows):
+        pixels = pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     box = BOX.get(dataset, SIDE)
     height, width = pixels.shape
     scale = box / max(height, width)

@@ -18,11 +18,19 @@ whole-array checks), because per-value Python checks would cost more than the
 model itself. ``orjson`` decodes when installed (about 7x faster than the
 standard library on 784 floats); the standard library then only runs on bodies
 orjson refuses, so NaN/Infinity are still reported by name, not as "malformed".
+
+Before either decoder runs, ``check_structure`` reads the raw bytes (C-speed
+``bytes`` methods, ~10 us on one instance) for what would hurt the decoders
+themselves: nesting deeper than any valid body (orjson overflows the C stack
+and kills the process near 150,000 levels; the standard library raises
+RecursionError near 1,000), and more arrays or numbers than the largest valid
+batch (an 8 MB body of ``[],`` would become 2.7 million Python lists).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +45,11 @@ MULTIPART_TYPE = "multipart/form-data"
 # ``true``/``false``/``null`` would become 1/0/object in numpy; they are never valid
 # here (the only keys are fixed), so a substring scan of the raw bytes refuses them cheaply.
 _LITERALS = (b"true", b"false", b"null")
+# Deepest valid body: {"instances": [[[28 values] x 28 rows], ...]} is an object and three arrays.
+MAX_DEPTH = 4
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # bytes.translate deletes these
+_OPENERS = b"[{"
+_STRING = re.compile(rb'"[^"]*"')  # after escaped quotes are gone, a string is quote, non-quotes, quote
 
 try:
     import orjson
@@ -47,12 +60,14 @@ except ImportError:  # optional speed-up
 
 
 class InputError(ValueError):
-    """A client mistake: ``status`` is the 4xx code, ``message`` names the problem."""
+    """A refused request: ``status`` is the code (4xx: the client's mistake; 503: try again later),
+    ``message`` names the problem, ``headers`` go into the response (e.g. ``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.message, "status": self.status}
@@ -90,15 +105,54 @@ def check_body(body: bytes, limit: int) -> None:
         raise InputError(413, f"body of {len(body)}+ bytes is above the limit of {limit} bytes")
 
 
+def check_structure(body: bytes, max_instances: int) -> None:
+    """Refuse, from the raw bytes, JSON nested deeper than ``MAX_DEPTH`` or holding more arrays or numbers
+    than a batch of ``max_instances`` can, before a decoder builds (or crashes on) it.
+
+    Brackets inside strings are text, so strings are cut out first, paired the way a JSON parser pairs
+    them (escaped backslashes, then escaped quotes removed). Only an invalid body contains strings other
+    than the two keys, so the exact cut costs nothing on the hot path.
+    """
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = body.translate(None, _NOT_STRUCTURE)
+    if b'"' in marks:
+        marks = _STRING.sub(b"", marks).replace(b'"', b"")  # a quote left unpaired opens no string that ends
+    arrays = marks.count(b"[") + marks.count(b"{")
+    if arrays > MAX_DEPTH:
+        depth = _depth(marks)
+        if depth > MAX_DEPTH:
+            raise InputError(422, f"nesting too deep: arrays/objects nest {depth} levels, at most {MAX_DEPTH} "
+                                  'are valid ({"instances": [[[28 values] x 28 rows], ...]})')
+    # A full batch of 28x28 instances has 29 arrays and 783 + 27 + 1 commas each. Twice that still reaches
+    # the decoder, so a batch a little too large is told its size ("batch of N instances is above ...").
+    most = 2 * max_instances
+    commas = most * (INPUT_SIZE + SIDE)  # only a body longer than that can have more (counting costs ~7 us)
+    if arrays > most * (SIDE + 1) + 2 or (len(body) > commas and body.count(b",") > commas):
+        raise InputError(413, f"too many values: more than twice the largest valid batch ({max_instances} "
+                              f"instances of {INPUT_SIZE} numbers)")
+
+
+def _depth(marks: bytes) -> int:
+    """Deepest nesting in a string of brackets alone (each opener +1, each closer -1)."""
+    if len(marks) < 256:  # one nested instance (58 marks): a loop beats numpy's call overhead
+        depth = deepest = 0
+        for mark in marks:
+            depth += 1 if mark in _OPENERS else -1
+            deepest = max(deepest, depth)
+        return deepest
+    steps = np.frombuffer(marks, dtype=np.uint8)
+    opens = (steps == ord("[")) | (steps == ord("{"))
+    return int(np.cumsum(np.where(opens, 1, -1), dtype=np.int64).max())
+
+
 def parse_json(body: bytes, max_instances: int) -> Parsed:
     """Decode and validate a JSON body (see the module docstring for the shapes)."""
+    check_structure(body, max_instances)
     try:
         data = _fast_loads(body)
     except ValueError:  # orjson refuses NaN/Infinity; the standard library says what else is wrong
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(400, f"malformed JSON: {err}") from None
+        data = _slow_loads(body)
     single = True
     if isinstance(data, dict):
         unknown = sorted(set(data) - {"instance", "instances"})
@@ -121,6 +175,23 @@ def parse_json(body: bytes, max_instances: int) -> Parsed:
     if any(word in body for word in _LITERALS):
         raise InputError(422, "non-numeric values: true/false/null are not pixel values")
     return Parsed(to_array(data if not single else [data]), single)
+
+
+def _slow_loads(body: bytes) -> Any:
+    """The standard library's decoder, held to what orjson would accept but for NaN/Infinity and huge numbers.
+
+    UTF-8 only (``json.loads(bytes)`` would also take UTF-16/32, where the literal scan in ``parse_json``
+    cannot see ``true``); integers parse as floats, so a 5,000-digit number is a number out of range, not a
+    Python int (whose parsing is quadratic and capped at 4,300 digits with a ValueError).
+    """
+    try:
+        return json.loads(body.decode("utf-8"), parse_int=float)
+    except UnicodeDecodeError as err:
+        raise InputError(400, f"malformed JSON: not UTF-8 ({err})") from None
+    except RecursionError:  # check_structure keeps bodies far from this; kept as a guard
+        raise InputError(422, "nesting too deep for the JSON decoder") from None
+    except ValueError as err:
+        raise InputError(400, f"malformed JSON: {err}") from None
 
 
 def to_array(instances: list[Any]) -> np.ndarray:
@@ -147,7 +218,7 @@ def to_array(instances: list[Any]) -> np.ndarray:
     finite = np.isfinite(arr)
     if not finite.all():
         row = int(np.argwhere(~finite)[0][0])
-        raise InputError(422, f"NaN or infinite value in instance {row}")
+        raise InputError(422, f"NaN or infinite value in instance {row} (numbers beyond float range count as infinite)")
     low, high = float(arr.min()), float(arr.max())
     if low < 0.0 or high > 1.0:
         bad = (arr < 0) | (arr > 1)

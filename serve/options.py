@@ -1,18 +1,33 @@
-"""Typed config -> Ray Serve options, kept Ray-free so unit tests can check them without a cluster.
+"""Typed config -> Ray Serve options and the admin route's access rule, kept Ray-free so unit tests can check
+them without a cluster.
 
 ``config_from_app_args`` is how ``serve run`` / ``serve deploy`` arguments
 become the one ``mlp.config.Config`` (same keys, validation and messages as
 the CLI); ``deployment_options`` and ``http_options`` are the only places that
-translate ``ServeConfig`` fields into Ray Serve's names.
+translate ``ServeConfig`` fields into Ray Serve's names. ``admin_access``
+decides who may call ``POST /admin/reload``: anyone when the endpoint only
+listens on loopback, else only the holder of a token (and nobody when there
+is no token).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from mlp.cli import config_from_args
 from mlp.config import Config, ConfigError, ServeConfig
+from serve.inputs import InputError
+
+ADMIN_TOKEN_ENV = "MLP_ADMIN_TOKEN"
+MIN_TOKEN_CHARS = 16  # a short secret can be guessed over HTTP; secrets.token_urlsafe(32) gives 43
+UNKNOWN_HOST = "an address Serve did not report"  # not loopback: an unknown address counts as exposed
 
 
 def config_from_app_args(args: Optional[Mapping[str, Any]]) -> Config:
@@ -57,3 +72,70 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 def http_options(cfg: ServeConfig) -> dict[str, Any]:
     """``serve.start`` HTTP options: bind address (127.0.0.1 unless configured), port, proxy timeout."""
     return {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s}
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; False for 0.0.0.0, ::, other addresses and names."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    """Who may call the admin routes: ``open`` (loopback only), ``token`` (a bearer token) or ``off``."""
+
+    mode: str
+    reason: str = ""  # shown to clients: why the route is off, or where the token comes from
+    digest: bytes = b""
+    detail: str = ""  # for the replica's log only (may name files and OS errors)
+
+    def check(self, authorization: Optional[str]) -> None:
+        """Return if the request may pass; raise the 401/403 ``InputError`` that says why not and how to fix it."""
+        if self.mode == "open":
+            return
+        if self.mode == "off":
+            raise InputError(403, f"POST /admin/reload is off: {self.reason}. To enable it, put a token of at "
+                                  f"least {MIN_TOKEN_CHARS} characters in the file named by serve.admin_token_file "
+                                  f"(or in ${ADMIN_TOKEN_ENV} of the replicas' environment), redeploy, and send "
+                                  "'Authorization: Bearer <token>'")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise InputError(401, "admin token required: this endpoint listens beyond loopback, send "
+                                  "'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+        # Digests of equal length, compared in constant time: neither the token nor its length leaks.
+        if not hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(), self.digest):
+            raise InputError(401, "admin token rejected", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def admin_access(cfg: ServeConfig, bound_host: Optional[str] = None,
+                 environ: Optional[Mapping[str, str]] = None) -> AdminAccess:
+    """The access rule for ``cfg``; ``bound_host`` is the address Serve's HTTP ingress really binds, when known.
+
+    Open only while both ``serve.host`` and the bound address are loopback (a ``serve deploy`` YAML sets
+    ``http_options.host`` apart from ``args.serve.host``). Otherwise a token is required: the contents of
+    ``serve.admin_token_file`` (whitespace around it dropped), else ``$MLP_ADMIN_TOKEN``; with neither, or
+    one too short, the route is off. Read once, when the replica starts.
+    """
+    exposed = [host for host in (cfg.host, bound_host) if host is not None and not is_loopback(host)]
+    if not exposed:
+        return AdminAccess("open")
+    where = f"the endpoint listens on {exposed[0]}, not a loopback address"
+    environ = os.environ if environ is None else environ
+    if cfg.admin_token_file:
+        source = f"serve.admin_token_file {cfg.admin_token_file}"
+        try:
+            token = Path(cfg.admin_token_file).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            return AdminAccess("off", f"{where}, and serve.admin_token_file cannot be read",
+                               detail=f"{source} cannot be read: {err}")
+    else:
+        source, token = f"${ADMIN_TOKEN_ENV}", environ.get(ADMIN_TOKEN_ENV, "").strip()
+        if not token:
+            return AdminAccess("off", f"{where}, and no admin token is configured")
+    if len(token) < MIN_TOKEN_CHARS:
+        return AdminAccess("off", f"{where}, and the admin token is shorter than {MIN_TOKEN_CHARS} characters",
+                           detail=f"the token in {source} has {len(token)} characters")
+    digest = hashlib.sha256(token.encode()).digest()
+    return AdminAccess("token", "a bearer token", digest, detail=f"token from {source}")

@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from mlp.checkpoint import load_model, read_state
+from mlp.checkpoint import CheckpointError, load_model, read_state
 from mlp.config import Config
 from mlp.data import CLASS_NAMES
 from mlp.model import INPUT_SIZE, MLP
@@ -84,7 +84,16 @@ class ModelInfo:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """An optional JSON file of the folder (metrics, provenance); a damaged one is named, not half-read."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} should hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 class Predictor:
@@ -120,7 +129,10 @@ def load_predictor(source: Union[ModelSource, PathLike]) -> Predictor:
     """Load a registry version or a checkpoint folder; the model is rebuilt from its saved config.
 
     Weights load with ``weights_only=True`` (inside ``mlp.checkpoint.load_model``):
-    nothing in the folder is unpickled.
+    nothing in the folder is unpickled. Anything that cannot be loaded raises an error
+    naming the file: ``FileNotFoundError`` (missing; ``latest`` pointing nowhere) or
+    ``mlp.checkpoint.CheckpointError``, a ``ValueError`` (truncated, corrupt, a pickle
+    that would run code, weights that do not fit ``config.json``, broken JSON).
     """
     folder = source.resolve() if isinstance(source, ModelSource) else Path(source).expanduser().resolve()
     model, cfg = load_model(folder)

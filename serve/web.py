@@ -5,12 +5,21 @@ on the content type (JSON, multipart upload, raw PNG/JPEG), and renders
 answers and errors as JSON. Keeping it here means the benchmark compares two
 servers that do exactly the same per-request work, and the error contract
 (4xx + ``{"error": ..., "status": ...}``) lives in one place.
+
+Images are decoded in a ``DecodePool`` (a few threads per process), never on
+the event loop: a large image costs tens of milliseconds of Pillow and numpy,
+which would otherwise stall every other request of the replica, ``/healthz``
+included. JSON stays on the loop: it is parsed in microseconds for one
+instance, and in threads it would hold the GIL anyway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any, AsyncGenerator
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncGenerator, Callable, TypeVar
 
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -19,11 +28,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlp.config import ServeConfig
-from serve.images import image_to_input
+from serve.images import INVERT_CHOICES, image_to_input, precheck
 from serve.inputs import (IMAGE_TYPES, JSON_TYPES, MULTIPART_TYPE, InputError, Parsed, check_body,
                           check_length, media_type, parse_json)
 
-UPLOAD_FIELDS = ("file", "image")
+UPLOAD_FIELD = "file"
+T = TypeVar("T")
 
 try:
     import orjson
@@ -46,7 +56,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def _upload_bytes(request: Request, body: bytes) -> bytes:
-    """The single image file of a multipart form (field ``file`` or ``image``)."""
+    """The single image file of a multipart form (field ``file``, nothing else: the schema says so)."""
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
@@ -55,13 +65,67 @@ async def _upload_bytes(request: Request, body: bytes) -> bytes:
     except MultiPartException as err:
         raise InputError(400, f"malformed multipart form: {err.message}") from None
     try:
-        for name in UPLOAD_FIELDS:
-            item = form.get(name)
-            if isinstance(item, UploadFile):
-                return await item.read()
-        raise InputError(422, f"multipart form needs an image file in field 'file' (got fields {list(form)})")
+        items = form.multi_items()
+        if len(items) != 1 or items[0][0] != UPLOAD_FIELD or not isinstance(items[0][1], UploadFile):
+            raise InputError(422, f"multipart form needs one image file in field '{UPLOAD_FIELD}' and nothing else "
+                                  f"(got {', '.join(_describe(name, item) for name, item in items) or 'no fields'})")
+        return await items[0][1].read()
     finally:
         await form.close()
+
+
+class DecodePool:
+    """Image decoding off the event loop, bounded: ``threads`` decode at once, ``queue`` more wait, and any
+    request beyond that is refused at once with 503 and ``Retry-After: 1`` instead of queueing without end.
+
+    A wait is bounded too: each decode is capped by ``serve.max_image_pixels``, so a request waits at most
+    about ``queue / threads + 1`` decodes (~50 ms each at the default cap on one core).
+    """
+
+    def __init__(self, threads: int, queue: int) -> None:
+        self.threads, self.queue = threads, queue
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="image-decode")
+        self._slots = threading.BoundedSemaphore(threads + queue)  # released by whichever thread finishes
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._slots.acquire(blocking=False):
+            raise InputError(503, f"busy decoding images: {self.threads} running and {self.queue} waiting on this "
+                                  "replica (serve.decode_threads, serve.decode_queue); retry in a moment",
+                             headers={"Retry-After": "1"})
+        try:
+            future = self._executor.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        # Released when the work is done, not when the request gives up: a decode that runs on after its
+        # client left still holds its slot, so the bound counts real work.
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.wrap_future(future)
+
+
+_pools: dict[tuple[int, int], DecodePool] = {}
+
+
+def decode_pool(cfg: ServeConfig) -> DecodePool:
+    """The process's pool for these settings (one replica or one peer worker per process)."""
+    key = (cfg.decode_threads, cfg.decode_queue)
+    if key not in _pools:
+        _pools[key] = DecodePool(*key)
+    return _pools[key]
+
+
+def invert_choice(request: Request) -> str:
+    """The ``invert`` query parameter, checked on every request (JSON too), so a typo is never ignored."""
+    if not request.scope.get("query_string"):
+        return "auto"
+    invert = request.query_params.get("invert", "auto")
+    if invert not in INVERT_CHOICES:
+        raise InputError(422, f"invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
+    return invert
+
+
+def _describe(name: str, item: Any) -> str:
+    return f"file {name!r}" if isinstance(item, UploadFile) else f"text field {name!r}"
 
 
 async def parse_request(request: Request, cfg: ServeConfig, dataset: str) -> Parsed:
@@ -70,13 +134,15 @@ async def parse_request(request: Request, cfg: ServeConfig, dataset: str) -> Par
     if kind not in JSON_TYPES + IMAGE_TYPES + (MULTIPART_TYPE,):
         raise InputError(415, f"unsupported content type {kind or '(none)'!r}: send application/json, "
                               "multipart/form-data (field 'file') or image/png / image/jpeg")
+    invert = invert_choice(request)
     body = await read_body(request, cfg.max_body_bytes)
     check_body(body, cfg.max_body_bytes)
     if kind in JSON_TYPES:
         return parse_json(body, cfg.max_instances)
     data = await _upload_bytes(request, body) if kind == MULTIPART_TYPE else body
-    invert = request.query_params.get("invert", "auto").lower()
-    return Parsed(image_to_input(data, dataset, cfg.max_image_pixels, invert)[None, :], single=True)
+    precheck(data, cfg.max_image_pixels)  # an empty or oversized PNG is refused without waiting for a thread
+    x = await decode_pool(cfg).run(image_to_input, data, dataset, cfg.max_image_pixels, invert)
+    return Parsed(x[None, :], single=True)
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -85,7 +151,7 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(err: InputError) -> Response:
-    return json_response(err.to_dict(), status=err.status)
+    return json_response(err.to_dict(), status=err.status, headers=err.headers)
 
 
 def prediction_body(predictions: list[dict[str, Any]], single: bool, version: str) -> dict[str, Any]:
@@ -100,25 +166,135 @@ def split_rows(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(x, np.cumsum(sizes)[:-1]) if len(sizes) > 1 else [x]
 
 
-PREDICT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"oneOf": [
-                {"type": "array", "description": "one instance: 784 numbers in [0, 1], or 28 rows of 28",
-                 "items": {}},
-                {"type": "object", "properties": {"instance": {"type": "array", "items": {}}}},
-                {"type": "object", "properties": {"instances": {
-                    "type": "array", "items": {"type": "array", "items": {}},
-                    "description": "a batch of instances"}}},
-            ]}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary", "description": "PNG or JPEG"}}}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+# OpenAPI: what /predict and the other routes accept and answer, exactly, for one config (limits included),
+# checked in CI by schemathesis with every check. Built once per replica, never on the request path.
+PIXEL = {"type": "number", "minimum": 0, "maximum": 1}
+BINARY = {"type": "string", "format": "binary"}
+IMAGE_TYPES_DOC = "image/png, image/jpeg"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _obj(required: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": {**required, **optional}, "required": list(required),
+            "additionalProperties": False}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def openapi_schemas(cfg: ServeConfig) -> dict[str, Any]:
+    """Request and response bodies (``components.schemas``); the batch size limit comes from ``cfg``."""
+    def batch_of(name: str) -> dict[str, Any]:
+        return {"type": "array", "items": _ref(name), "minItems": 1, "maxItems": cfg.max_instances}
+
+    nullable_str = {"type": ["string", "null"]}
+    prediction = {"label": {"type": "integer", "minimum": 0, "maximum": 9}, "class_name": {"type": "string"},
+                  "probabilities": {"type": "array", "items": PIXEL, "minItems": 10, "maxItems": 10}}
+    return {
+        "FlatInstance": {"type": "array", "items": PIXEL, "minItems": 784, "maxItems": 784,
+                         "description": "784 pixel values in [0, 1] (pixel / 255), row by row"},
+        "NestedInstance": {"type": "array", "minItems": 28, "maxItems": 28, "description": "28 rows of 28 values",
+                           "items": {"type": "array", "items": PIXEL, "minItems": 28, "maxItems": 28}},
+        "Instance": {"oneOf": [_ref("FlatInstance"), _ref("NestedInstance")]},
+        "WrappedInstance": _obj({"instance": _ref("Instance")}),
+        "Batch": {**_obj({"instances": {"oneOf": [batch_of("FlatInstance"), batch_of("NestedInstance")]}}),
+                  "description": f"1 to {cfg.max_instances} instances, all flat or all nested"},
+        "PredictRequest": {"oneOf": [_ref("Instance"), _ref("WrappedInstance"), _ref("Batch")]},
+        "ImageUpload": {**_obj({UPLOAD_FIELD: BINARY}), "description": f"one PNG or JPEG in field '{UPLOAD_FIELD}'"},
+        "Prediction": _obj(prediction),
+        "SinglePrediction": _obj({"version": {"type": "string"}, **prediction}),
+        "BatchPrediction": _obj({"version": {"type": "string"},
+                                 "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1}}),
+        "Error": {**_obj({"error": {"type": "string"}, "status": {"type": "integer", "minimum": 400}}),
+                  "description": "every refusal: a message naming the problem, and the HTTP status"},
+        "Health": _obj({"status": {"const": "ok"}}),
+        "Ready": _obj({"ready": {"const": True}, "version": {"type": "string"}, "problem": nullable_str,
+                       "replica": {"type": "string"}}),
+        "NotReady": _obj({"ready": {"const": False}, "error": {"type": "string"}, "replica": {"type": "string"}}),
+        "ModelInfo": _obj({key: {"type": "string"} for key in ("version", "path", "dataset", "replica")}
+                          | {"class_names": {"type": "array", "items": {"type": "string"}},
+                             "model": {"type": "object"}, "metrics": {"type": "object"},
+                             "provenance": {"type": "object"}, "loaded_at": {"type": "number"},
+                             "source": {"type": "object"}, "problem": nullable_str}),
+        "Reload": _obj({"version": {"type": "string"}, "changed": {"type": "boolean"}, "problem": nullable_str}),
+    }
+
+
+# Ray Serve itself answers 503 in plain text when a replica's queue is full (any route).
+BACKPRESSURE = {"text/plain": {"schema": {"type": "string"}}}
+
+
+def _operations(cfg: ServeConfig, admin_mode: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """requestBody / parameters / responses of each route, as the server really behaves with ``cfg``."""
+    busy = _error("no model loaded yet (only on a replica's own port while it starts: Serve routes nothing "
+                  "there), image decoders busy (Retry-After: 1), or Ray Serve's queue full (text/plain)")
+    busy["content"].update(BACKPRESSURE)
+    busy["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds, when busy"}}
+    predict = {
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("PredictRequest")},
+            "multipart/form-data": {"schema": _ref("ImageUpload"),
+                                    "encoding": {UPLOAD_FIELD: {"contentType": IMAGE_TYPES_DOC}}},
+            "image/png": {"schema": BINARY},
+            "image/jpeg": {"schema": BINARY},
+        }},
+        "parameters": [{"name": "invert", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": list(INVERT_CHOICES), "default": "auto"},
+                        "description": "images: invert dark-on-light images (auto: when the border is light); "
+                                       "checked on every request"}],
+        "responses": {
+            "200": {"description": "one prediction (an instance or an image) or one per instance of a batch",
+                    "content": {"application/json": {"schema": {"oneOf": [_ref("SinglePrediction"),
+                                                                          _ref("BatchPrediction")]}}}},
+            "400": _error("malformed JSON or multipart form, empty body or file, Content-Length not a number"),
+            "413": _error(f"body above {cfg.max_body_bytes} bytes, batch above {cfg.max_instances} instances, "
+                          f"image above {cfg.max_image_pixels} pixels"),
+            "415": _error("content type other than application/json, multipart/form-data, image/png, image/jpeg"),
+            "422": _error("not a valid instance or image: wrong length or shape, non-numeric, NaN/Inf, outside "
+                          "[0, 1], nested too deep, undecodable or zero-size image, bad 'invert'"),
+            "503": busy,
+            "504": _error(f"prediction slower than {cfg.request_timeout_s}s (serve.request_timeout_s)"),
         },
-    },
-    "parameters": [{"name": "invert", "in": "query", "required": False,
-                    "schema": {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"},
-                    "description": "images only: invert dark-on-light images (auto: when the border is light)"}],
-}
+    }
+    no_model = _error("no model loaded yet, or Ray Serve's queue full (text/plain)")
+    no_model["content"].update(BACKPRESSURE)
+    not_ready = _json("NotReady", "no model loaded yet, or Ray Serve's queue full (text/plain)")
+    not_ready["content"].update(BACKPRESSURE)
+    reload: dict[str, Any] = {"responses": {"200": _json("Reload", "checked the source; changed: loaded a "
+                                                                      "new version"), "503": no_model}}
+    if admin_mode == "token":
+        reload["security"] = [{"adminToken": []}]
+        reload["responses"]["401"] = _error("missing or wrong bearer token")
+        reload["responses"]["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
+    elif admin_mode == "off":
+        reload["responses"] = {"403": _error("the route is off: the endpoint listens beyond loopback and no admin "
+                                             "token is configured (the message says how to enable it)")}
+    return {
+        ("/predict", "post"): predict,
+        ("/healthz", "get"): {"responses": {"200": _json("Health", "the replica runs")}},
+        ("/readyz", "get"): {"responses": {"200": _json("Ready", "a model is loaded"), "503": not_ready}},
+        ("/model", "get"): {"responses": {"200": _json("ModelInfo", "the model being served"), "503": no_model}},
+        ("/admin/reload", "post"): reload,
+    }
+
+
+def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str) -> dict[str, Any]:
+    """FastAPI's document for the routes (``base``: paths, summaries, operation ids) with every request and
+    response described for this config; ``admin_mode`` is ``serve.options.AdminAccess.mode``."""
+    doc = json.loads(json.dumps(base))  # a deep copy; FastAPI caches ``base``
+    for (path, method), operation in _operations(cfg, admin_mode).items():
+        doc["paths"][path][method].update(operation)
+    components = doc.setdefault("components", {})
+    components.setdefault("schemas", {}).update(openapi_schemas(cfg))
+    if admin_mode == "token":
+        components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer",
+                                                         "description": "serve.admin_token_file or $MLP_ADMIN_TOKEN"}}
+    return doc

@@ -33,7 +33,7 @@ from mlp.loop import fit, prepare
 from mlp.registry import make_provenance, model_dir, promote
 from serve import client as serve_client
 from serve.app import DEPLOYMENT_NAME, build_from_config, failure_reason
-from serve.options import http_options
+from serve.options import ADMIN_TOKEN_ENV, http_options
 from serve.predictor import load_predictor
 
 N_TEST = 1000
@@ -155,6 +155,12 @@ def _zero_width_png() -> bytes:
     return bytes(data)
 
 
+def _huge_png_header() -> bytes:
+    data = bytearray(_image((1, 1)))
+    data[16:24] = (100_000).to_bytes(4, "big") * 2  # a decompression bomb's header; pixels never decoded
+    return bytes(data)
+
+
 JSON = {"content-type": "application/json"}
 ROW = [0.5] * 784
 BAD_REQUESTS = {
@@ -184,6 +190,23 @@ BAD_REQUESTS = {
     "image above the pixel limit": (dict(files={"file": ("big.png", _image((1001, 1000)), "image/png")}), 413,
                                     "1001x1000 = 1001000 pixels is above the limit of 1000000"),
     "multipart without a file": (dict(data={"note": "hi"}, files={"other": ("x", b"1")}), 422, "field 'file'"),
+    "multipart with more than the file": (dict(data={"note": "hi"}, files={"file": ("x.png", _image((28, 28)))}),
+                                          422, "field 'file' and nothing else"),
+    "deep nesting": (dict(content=b"[" * 5000 + b"]" * 5000, headers=JSON), 422, "nesting too deep"),
+    # 300,000 levels overflowed orjson's C stack: the replica died and the client saw a dropped connection.
+    "nesting past the decoder's stack": (dict(content=b"[" * 300_000 + b"]" * 300_000, headers=JSON), 422,
+                                         "nesting too deep: arrays/objects nest 300000 levels"),
+    "nesting behind a string": (dict(content=b'["' + b"]" * 5000 + b'", ' + b"[" * 5000 + b"]" * 5000 + b"]",
+                                     headers=JSON), 422, "nesting too deep"),
+    "huge integer": (dict(content=b"[" + b"0.5," * 783 + b"1" * 5000 + b"]", headers=JSON), 422,
+                     "NaN or infinite value in instance 0"),  # was a 500 (Python's int digit limit)
+    "UTF-16 JSON": (dict(content=json.dumps(ROW[:-1] + [True]).encode("utf-16"), headers=JSON), 400, "not UTF-8"),
+    "more arrays than any batch": (dict(content=b"[" + b"[]," * 100_000 + b"[]]", headers=JSON), 413,
+                                   "too many values"),
+    "invert not in the list": (dict(content=json.dumps(ROW), headers=JSON, params={"invert": "TRUE"}), 422,
+                               "invert must be one of auto, true, false"),
+    "PNG header claiming 100000x100000": (dict(content=_huge_png_header(), headers={"content-type": "image/png"}),
+                                          413, "100000x100000 = 10000000000 pixels is above the limit"),
 }
 
 
@@ -196,6 +219,14 @@ def test_bad_input_gets_a_named_4xx_and_the_server_stays_healthy(endpoint, case)
         assert words in resp.json()["error"], resp.json()
         assert http.get("/healthz").status_code == 200
     assert post_json(endpoint["http"], ROW).status_code == 200
+
+
+def test_unknown_paths_and_methods_get_the_same_json_error(endpoint):
+    http = endpoint["http"]
+    wrong = http.put("/predict")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST", wrong.headers
+    assert wrong.json() == {"error": "Method Not Allowed: PUT /predict", "status": 405}
+    assert http.get("/nope").json() == {"error": "Not Found: GET /nope", "status": 404}
 
 
 def test_client_scores_the_endpoint(endpoint, capsys):
@@ -258,6 +289,47 @@ def test_pinned_version_via_user_config_and_reload(endpoint):
     assert http.get("/model").json()["version"] == "v1"
     assert http.post("/admin/reload").json() == {"version": "v1", "changed": False, "problem": None}
     assert post_json(http, ROW).json()["version"] == "v1"
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+@pytest.mark.skipif(ADMIN_TOKEN_ENV in os.environ, reason=f"${ADMIN_TOKEN_ENV} reaches the replicas")
+def test_admin_reload_beyond_loopback_needs_the_token_or_is_off(endpoint, tmp_path):
+    """``serve.host`` 0.0.0.0 (the decision is the config's; the requests still go to 127.0.0.1): with a token
+    file the route wants ``Authorization: Bearer <token>``, compared in full; without one it is off, saying how
+    to enable it. Predictions are not affected either way."""
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    apps = {"guarded": with_registry(endpoint, Path(endpoint["cfg"].registry.path), host="0.0.0.0",
+                                     admin_token_file=str(token_file)),
+            "closed": with_registry(endpoint, Path(endpoint["cfg"].registry.path), host="0.0.0.0")}
+    for name, cfg in apps.items():
+        serve.run(build_from_config(cfg), name=name, route_prefix=f"/{name}")
+    try:
+        with httpx.Client(base_url=endpoint["url"] + "/guarded", timeout=30) as http:
+            for headers in ({}, {"authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
+                            {"authorization": f"Bearer {ADMIN_TOKEN[:-1]}X"}, {"authorization": ADMIN_TOKEN}):
+                denied = http.post("/admin/reload", headers=headers)
+                assert denied.status_code == 401, (headers, denied.text)
+                assert denied.headers["www-authenticate"].startswith("Bearer") and denied.json()["status"] == 401
+            assert "Authorization: Bearer <token>" in http.post("/admin/reload").json()["error"]
+            allowed = http.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert allowed.status_code == 200 and allowed.json()["changed"] is False, allowed.text
+            assert post_json(http, ROW).status_code == 200
+            doc = http.get("/openapi.json").json()
+            assert doc["paths"]["/admin/reload"]["post"]["security"] == [{"adminToken": []}]
+            assert doc["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+        with httpx.Client(base_url=endpoint["url"] + "/closed", timeout=30) as http:
+            off = http.post("/admin/reload", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert off.status_code == 403, off.text
+            assert off.json()["error"].startswith("POST /admin/reload is off: the endpoint listens on 0.0.0.0")
+            assert "serve.admin_token_file" in off.json()["error"] and ADMIN_TOKEN_ENV in off.json()["error"]
+            assert post_json(http, ROW).status_code == 200
+            assert list(http.get("/openapi.json").json()["paths"]["/admin/reload"]["post"]["responses"]) == ["403"]
+    finally:
+        for name in apps:
+            serve.delete(name)
 
 
 def test_overload_answers_503_not_500_and_recovers(endpoint):

@@ -132,8 +132,29 @@ def resolve_version(root: PathLike, model_name: str, version: str = LATEST) -> P
             return cached
     location = locate_version(root, model_name, version)
     if not remote:
-        return Path(local_path(location.uri))
+        return _complete_local(root, model_name, version, Path(local_path(location.uri)))
     return _cached_version(root, model_name, location)
+
+
+def _complete_local(root: PathLike, model_name: str, version: str, folder: Path) -> Path:
+    """``folder`` if it holds a whole version; else an error naming the missing file (a few stats, no reads).
+
+    Promotions rename a complete folder into place, so a gap here means the registry was damaged
+    after the fact (a file deleted, ``latest`` edited by hand): refuse it before anything loads.
+    """
+    if not folder.is_dir():
+        known = ", ".join(f"v{n}" for n in list_versions(root, model_name)) or "none"
+        pointer = model_location(root, model_name) / LATEST
+        via = f"{pointer} points at {folder.name}, but " if version == LATEST else ""
+        raise FileNotFoundError(f"{via}{folder} does not exist (complete versions: {known}): "
+                                f"point {LATEST} at one of those, or promote the model again")
+    # A legacy registry's copied ``latest`` folder may predate provenance.json; it still needs the model.
+    required = COPIED_FILES if folder.name == LATEST else (*COPIED_FILES, COMPLETE_MARKER)
+    missing = [name for name in required if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"registry version {folder} is broken: {', '.join(missing)} missing "
+                                f"({folder / missing[0]}); promote the model again or serve another version")
+    return folder
 
 
 def _cache_dir(root: PathLike, model_name: str, version: str) -> Path:
@@ -155,10 +176,10 @@ def _cached_version(root: PathLike, model_name: str, location: Location) -> Path
     except FileNotFoundError:
         raise FileNotFoundError(f"{location} is missing although {location.name} was promoted there: "
                                 f"promote the model again or point {LATEST} at an existing version") from None
-    if not (target / "model.pt").is_file() or not (target / COMPLETE_MARKER).is_file():
+    missing = [name for name in (*COPIED_FILES, COMPLETE_MARKER) if not (target / name).is_file()]
+    if missing:
         shutil.rmtree(target, ignore_errors=True)
-        raise FileNotFoundError(f"{location} is incomplete (model.pt or {COMPLETE_MARKER} missing): "
-                                f"promote the model again")
+        raise FileNotFoundError(f"{location} is incomplete ({', '.join(missing)} missing): promote the model again")
     _verified.add(target)
     return target
 

@@ -67,11 +67,14 @@ def probe_node(probe: Probe, node_id: str) -> dict[str, str]:
     results: dict[str, str] = {}
     if probe.root is not None:
         mine = Location(probe.root) / node_id
+        # Folders the write below creates on this node (on a node-local path: up to the storage path
+        # itself); measured first, so that this node removes exactly those again.
+        created = _missing_levels(Location(probe.root))
         results["write"] = _attempt(lambda: _expect(mine, probe.token, write=True))
         if probe.shared:
             results["shared"] = _attempt(lambda: _expect(Location(probe.root) / DRIVER_PROBE, probe.token))
         if not probe.shared or results["shared"]:  # the driver will not see this copy: only this node can remove it
-            _remove(mine, empty_parents=2)
+            _remove(mine, empty_parents=max(2, created))
     if probe.model is not None:
         results["model"] = _attempt(lambda: _read_head(str(probe.model)))
     return results

@@ -1,7 +1,8 @@
 """The sweep's results as a ranked table: printed, and saved as CSV and JSON.
 
 One row per trial, best validation accuracy first: the sampled values, best
-val accuracy, epochs run, whether ASHA stopped it early, and its seconds. The
+val accuracy, epochs run, whether ASHA stopped it early, its seconds, and the
+node it ran on (``node_id``; for a multi-worker trial, rank 0's node). The
 per-epoch validation curves travel beside the rows for ``tune.plots``.
 Reads Tune's ``ResultGrid`` once (``collect``); everything after works on plain dicts.
 """
@@ -54,7 +55,8 @@ def collect(results: Any, dims: list[Dim], max_epochs: int) -> list[dict[str, An
         row.update({
             "best_val_accuracy": best, "final_val_accuracy": curve[-1][1] if curve else float("nan"),
             "epochs": epochs, "stopped_early": status == "stopped", "status": status,
-            "seconds": float(metrics.get("time_total_s") or 0.0), "path": result.path,
+            "seconds": float(metrics.get("time_total_s") or 0.0), "node_id": metrics.get("node_id"),
+            "path": result.path,
             "curve": [a for _, a in curve],
         })
         rows.append(row)
@@ -93,7 +95,7 @@ def format_table(rows: list[dict[str, Any]], dims: list[Dim]) -> str:
 def save_table(rows: list[dict[str, Any]], dims: list[Dim], folder: Location) -> tuple[Location, Location]:
     """``trials.csv`` (no curves) and ``trials.json`` (with curves) in ``folder``, on any storage."""
     columns = ["rank", "trial_id", *(d.key for d in dims), "best_val_accuracy", "final_val_accuracy",
-               "epochs", "stopped_early", "status", "seconds", "path"]
+               "epochs", "stopped_early", "status", "seconds", "node_id", "path"]
     csv_path, json_path = folder / TABLE_CSV, folder / TABLE_JSON
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")

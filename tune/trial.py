@@ -104,8 +104,11 @@ def run_in_process(params: dict[str, Any], base: dict[str, Any]) -> None:
 
     from mlp.checkpoint import save_checkpoint
     from mlp.loop import fit, prepare, set_threads
+    from mlp.runfiles import node_of_this_process
 
     cfg = apply_params(base, params)
+    # Which node ran the trial (Tune adds node_ip itself, which does not tell two nodes of one host apart).
+    node = {"node_id": node_of_this_process()["node_id"]}
     set_threads(cfg)
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
     checkpoint = ray.tune.get_checkpoint()
@@ -119,7 +122,7 @@ def run_in_process(params: dict[str, Any], base: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(tmp, model, cfg, state_dict, optimizer)
             # When ASHA stops this trial, report() does not return and the thread ends here.
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+            ray.tune.report({**metrics, **node}, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
     fit(cfg, model, optimizer, data, state, on_epoch_end)
 

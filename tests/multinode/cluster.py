@@ -6,7 +6,9 @@ private tmpfs covers its node-local folder (``MLP_HOME``). Both nodes use the
 *same* ``MLP_HOME`` path, like ``~/mlp`` on two real machines, so a file one
 node writes there is absent on the other; the host (where pytest and drivers
 run) is the head machine. Both nodes also see one shared folder (what NFS
-gives). Only ``MLP_HOME`` is private: ``/tmp``, ``/dev/shm`` and ``~`` stay shared.
+gives). Only ``MLP_HOME`` is private: ``/tmp``, ``/dev/shm`` and ``~`` stay shared,
+so each node's download cache (``MLP_CACHE_DIR``) is put under ``MLP_HOME/.cache``,
+where it is one per machine as ``~/.cache/mlp`` would be.
 
 Safe beside other Ray clusters on the machine:
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -113,6 +116,8 @@ class TwoNodeCluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path),
                    RAY_USAGE_STATS_ENABLED="0", MLP_HOME=str(self.home), **{MARKER: self.cluster_id},
+                   # Per machine, like ~/.cache/mlp: a node that serves a bucket downloads it itself.
+                   MLP_CACHE_DIR=str(self.home / ".cache" / "mlp"),
                    # Temp files that outlive a killed process (the dashboard's pymp-* folders) go with base.
                    TMPDIR=str(self.base / "tmp"))
         return env
@@ -133,6 +138,11 @@ class TwoNodeCluster:
     def _make_node(self, name: str, ports: PortBlock) -> Node:
         node_ports, serve_env = node_port_plan(ports, worker=name == "worker")
         env = {**self._base_env(), **serve_env, **NODE_ENV, "MLP_MULTINODE_NODE": name,
+               # Ray's own processes that call the State API without an address (Ray Train's
+               # PlacementGroupCleaner) auto-detect the cluster; on a machine running several
+               # clusters that fails ("Found multiple active Ray instances") or finds another one.
+               # On a real machine there is one; here we name ours.
+               "RAY_API_SERVER_ADDRESS": self.dashboard_url,
                **self.user_env, **self.node_user_env[name]}
         return Node(name=name, home=self.home, private_home=name == "worker", temp_dir=self.base / f"r{name[0]}",
                     log_path=self.base / f"{name}.log", env=env, ports=node_ports, serve_env=serve_env)
@@ -244,12 +254,72 @@ class TwoNodeCluster:
         """Run a driver; the last line it prints, parsed as JSON."""
         return json.loads(self.run_driver(code, *args, timeout_s=timeout_s).stdout.strip().splitlines()[-1])
 
-    def nodes(self) -> list[dict[str, Any]]:
-        """The cluster's nodes from Ray's State API (what ``ray list nodes`` shows): node_id, state, ..."""
-        request = urllib.request.Request(f"{self.dashboard_url}/api/v0/nodes?limit=1000&detail=false",
+    def run_cli(self, *argv: str, timeout_s: float = 300, env: Mapping[str, str] | None = None
+                ) -> subprocess.CompletedProcess:
+        """Run ``python -m argv...`` (a project CLI: ``mlp.train``, ``tune.sweep``, ...) as a driver; never raises
+        for its exit code. stdout and stderr are captured apart (a test reads the error line from stderr)."""
+        return subprocess.run([sys.executable, "-m", *argv], env=self.driver_env(env), cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def start_cli(self, *argv: str, log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """Start ``python -m argv...`` as a driver in the background (stdout and stderr to ``log_path``).
+
+        The caller stops it (``stop_cli``); ``stop()`` ends it too, as it carries the cluster's marker.
+        """
+        with open(log_path, "wb") as log:
+            return subprocess.Popen([sys.executable, "-m", *argv], env=self.driver_env(env), cwd=REPO_ROOT,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    @staticmethod
+    def wait_log(proc: subprocess.Popen, log_path: Path, pattern: re.Pattern[str], timeout_s: float = 180) -> str:
+        """Wait until ``log_path`` (a ``start_cli`` log) matches ``pattern``; the matched text.
+
+        RuntimeError (with the log's tail) when the process exits first or ``timeout_s`` passes.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not (found := pattern.search(log_path.read_text(errors="replace"))):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                state = (f"exited ({proc.returncode})" if proc.returncode is not None
+                         else f"still running after {timeout_s:g} s")
+                raise RuntimeError(f"{pattern.pattern!r} not in the log; the process {state}:\n"
+                                   f"{log_path.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.2)
+        return found.group(0)
+
+    @staticmethod
+    def stop_cli(proc: subprocess.Popen, timeout_s: float = 60) -> tuple[int, float]:
+        """SIGTERM a ``start_cli`` process, SIGKILL it after ``timeout_s``; (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        return proc.returncode, time.monotonic() - started
+
+    def _api_get(self, path: str) -> Any:
+        """GET a dashboard API path with the cluster's token; the JSON answer."""
+        request = urllib.request.Request(f"{self.dashboard_url}{path}",
                                          headers={"authorization": f"Bearer {self.token_path.read_text()}"})
         with urllib.request.urlopen(request, timeout=10) as reply:
-            return json.load(reply)["data"]["result"]["result"]
+            return json.load(reply)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes from Ray's State API (what ``ray list nodes`` shows): node_id, state, ..."""
+        return self._api_get("/api/v0/nodes?limit=1000&detail=false")["data"]["result"]["result"]
+
+    def serve_details(self) -> dict[str, Any]:
+        """Serve's state from its REST API (what ``serve status`` reads): proxies, applications, and each
+        deployment's replicas with their ``replica_id``, ``state``, ``node_id``."""
+        return self._api_get("/api/serve/applications/")
+
+    def serve_replicas(self, app: str = "mlp") -> list[dict[str, Any]]:
+        """Every replica of every deployment of ``app`` (empty when the application does not exist)."""
+        application = self.serve_details().get("applications", {}).get(app) or {}
+        return [replica for deployment in application.get("deployments", {}).values()
+                for replica in deployment.get("replicas", [])]
 
     def node_states(self) -> dict[str, str]:
         """``{node_id: "ALIVE" | "DEAD"}`` for every node the cluster has seen."""

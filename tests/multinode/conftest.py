@@ -3,7 +3,10 @@
 A test module chooses its cluster with a module-level ``two_nodes_options`` dict, or
 per test with ``@pytest.mark.parametrize("two_nodes", [{...}], indirect=True)``; the
 keys are ``TwoNodeCluster``'s arguments (``head_cpus``, ``worker_cpus``, ``env``,
-``head_env``, ``worker_env``, ...). Nothing here calls ``ray.init`` in the pytest process.
+``head_env``, ``worker_env``, ...). Environment that only a fixture knows (an S3 server's
+``AWS_*``) comes from overriding the module-scoped ``two_nodes_env`` fixture in the test
+module; it is added to ``env`` (both nodes and drivers). Nothing here calls ``ray.init``
+in the pytest process.
 """
 
 from __future__ import annotations
@@ -27,20 +30,27 @@ def _skip_unless_able() -> None:
             pytest.skip(f"multi-node tests need `{tool}` (util-linux)")
 
 
-def _options(request: pytest.FixtureRequest) -> dict[str, Any]:
+def _options(request: pytest.FixtureRequest, extra_env: dict[str, str]) -> dict[str, Any]:
     options = dict(getattr(request.module, "two_nodes_options", {}))
     options.update(getattr(request, "param", None) or {})
+    options["env"] = {**(options.get("env") or {}), **extra_env}
     return options
 
 
 @pytest.fixture(scope="module")
-def two_nodes(request: pytest.FixtureRequest) -> Iterator[TwoNodeCluster]:
+def two_nodes_env() -> dict[str, str]:
+    """Extra environment for both nodes and every driver; override it in a module (e.g. S3 credentials)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def two_nodes(request: pytest.FixtureRequest, two_nodes_env: dict[str, str]) -> Iterator[TwoNodeCluster]:
     """A started two-node cluster (head 1 CPU + worker 1 CPU by default), stopped after the module.
 
     Teardown fails the test run if any process of the cluster is left running.
     """
     _skip_unless_able()
-    cluster = TwoNodeCluster(**_options(request)).start()
+    cluster = TwoNodeCluster(**_options(request, two_nodes_env)).start()
     try:
         yield cluster
     finally:

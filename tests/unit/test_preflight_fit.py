@@ -210,7 +210,12 @@ def test_probe_on_a_machine_that_does_not_share_the_path_fails_and_cleans_up(tmp
     root = Location.of(tmp_path / "runs" / ".preflight" / "tok")
     result = probe_node(Probe("tok", root.uri, True, None), "n1")
     assert result["write"] == "" and "does not exist" in result["shared"]
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == []  # its probe and folders are gone
+    # Its probe and every folder it created are gone, the storage path itself included: nothing written.
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A storage path that was there before stays, empty as it was.
+    (tmp_path / "runs").mkdir()
+    assert "does not exist" in probe_node(Probe("tok", root.uri, True, None), "n1")["shared"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == []
 
 
 def test_probe_reports_an_unwritable_path_and_an_unreadable_model(tmp_path: Path):

@@ -31,7 +31,8 @@ CLUSTER_ENV: dict[str, str] = {
     # User code on the replica's main event loop, buffered request logs, frozen GC after start-up.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     # HAProxy would send one metrics datagram per request that a Python actor parses (about a tenth
-    # of a core at 1,500 requests/s); replica metrics stay. Also removes its 0.0.0.0:9101 listener.
+    # of a core at 1,500 requests/s); replica metrics stay. (HAProxy still binds :9101 and *:8404 on Ray 2.60,
+    # so two Serve clusters on one machine need RAY_SERVE_HAPROXY_METRICS_PORT and _STATS_PORT of their own.)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     # Ray waits 30 s before stopping a replica or proxy so that external load balancers notice;
     # HAProxy on the same node is told within about a second, and Ctrl-C should not take a minute.

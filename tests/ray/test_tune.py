@@ -99,8 +99,12 @@ def _terminated(sweep: Path) -> set[str]:
 
 
 def test_killed_sweep_resumes_and_runs_every_trial_once(config_factory, tmp_path: Path) -> None:
-    """The driver is SIGKILLed after two of five trials finished; --resume finishes the rest only."""
-    args = ["--data.dataset", "synthetic", "--data.synthetic_size", "6000", "--train.epochs", "6",
+    """The driver is SIGKILLed after two of five trials finished; --resume finishes the rest only.
+
+    Trials last a few seconds each (24,000 samples), well beyond Tune's 2 s experiment snapshot,
+    so the kill always lands while trials are left: with 1 s trials a quiet machine finished all five first.
+    """
+    args = ["--data.dataset", "synthetic", "--data.synthetic_size", "24000", "--train.epochs", "6",
             "--tune.num_samples", "5", "--tune.early_stopping", "false", "--tune.max_concurrent", "1",
             "--registry.path", str(tmp_path / "registry"), "--run.storage_path", str(tmp_path / "runs"),
             "--run.name", "resume", "--no-promote"]

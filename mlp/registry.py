@@ -34,6 +34,7 @@ import platform
 import random
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -219,7 +220,8 @@ def _promote_local(folder: Location, source: Path, metrics: dict[str, Any], prov
     """Stage in a hidden folder, then rename it to the next free ``v<N>`` (atomic on one disk)."""
     model_folder = Path(local_path(folder.uri))
     model_folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=model_folder, prefix=".staging-"))
+    remove_abandoned_staging(model_folder)
+    staging = Path(tempfile.mkdtemp(dir=model_folder, prefix=f".staging-{socket.gethostname()}.{os.getpid()}."))
     staging.chmod(0o755)  # mkdtemp makes it private; a server running as another user must read it
     try:
         for name in COPIED_FILES:
@@ -237,6 +239,47 @@ def _promote_local(folder: Location, source: Path, metrics: dict[str, Any], prov
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_STAGING = re.compile(r"^\.staging-(?P<host>.+)\.(?P<pid>\d+)\.[^.]+$")
+STAGING_MAX_AGE_S = 24 * 3600  # a staging folder from another machine is abandoned after this long
+
+
+def remove_abandoned_staging(model_folder: Path, now: Optional[float] = None) -> list[str]:
+    """Delete hidden ``.staging-*`` folders left by promotions that were killed; returns their names.
+
+    A staging folder is named after its promoter's host and pid. One from this host whose
+    process is gone is abandoned for sure. One from another host sharing the disk (NFS)
+    cannot be checked, so it counts as abandoned only after ``STAGING_MAX_AGE_S``; a
+    promotion copies two small files, so no live one is that old. Folders from before
+    this naming (no host or pid) follow the age rule too.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    for entry in model_folder.glob(".staging-*"):
+        match = _STAGING.match(entry.name)
+        try:
+            age = now - entry.stat().st_mtime
+        except FileNotFoundError:  # another promoter tidied it first
+            continue
+        here = match is not None and match["host"] == socket.gethostname()
+        abandoned = not _pid_alive(int(match["pid"])) if here else age > STAGING_MAX_AGE_S
+        if abandoned:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    if removed:
+        log.info("removed %d abandoned promotion folder(s) in %s: %s", len(removed), model_folder, removed)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def _promote_remote(folder: Location, source: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> int:

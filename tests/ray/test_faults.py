@@ -588,10 +588,12 @@ def test_killed_promotion_leaves_no_partial_version(good_registry, tmp_path: Pat
 
     v2 = Path(promote(root, "mlp", second, {"test_accuracy": 0.6}, make_provenance(cfg, "after the kill")))
     assert v2.name == "v2" and read_latest(root, "mlp") == "v2" and list_versions(root, "mlp") == [1, 2]
+    assert leftovers and not [p.name for p in (root / "mlp").iterdir() if p.name.startswith(".")]  # tidied
     x = torch.rand(4, 784)
     expected, _ = load_model(second)
     served = load_predictor(ModelSource(str(root), "mlp"))
     assert served.version == "v2"
     assert torch.allclose(torch.as_tensor(served.predict_proba(x)), torch.softmax(expected(x), dim=1), atol=1e-6)
     record(figures, "promotion killed midway (SIGKILL halfway through model.pt)",
-           versions_after_kill=[1], latest_after_kill="v1", next_promotion="v2", hidden_leftovers=leftovers)
+           versions_after_kill=[1], latest_after_kill="v1", next_promotion="v2",
+           hidden_leftovers_after_kill=leftovers, hidden_leftovers_after_next_promotion=[])

@@ -273,3 +273,33 @@ def test_remote_checkpoint_is_served_from_the_cache(s3_root: str, checkpoint: Pa
 def test_promoted_versions_are_readable_by_other_users(tmp_path: Path, checkpoint: Path, config_factory) -> None:
     version = promote(str(tmp_path / "registry"), checkpoint, config_factory, "t1")
     assert version.stat().st_mode & 0o755 == 0o755
+
+
+def test_abandoned_staging_folders_are_removed_and_live_ones_kept(tmp_path: Path, checkpoint: Path,
+                                                                  config_factory) -> None:
+    """A killed promoter's hidden folder goes at the next promotion; a live promoter's stays, and a
+    folder from another host (a shared disk) goes only once it is older than any promotion could be."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    names = {"dead": f".staging-{host}.{dead.stdout.strip()}.abc123", "live": f".staging-{host}.{os.getpid()}.def456",
+             "other_new": ".staging-elsewhere.1.ghi789", "other_old": ".staging-elsewhere.2.jkl012",
+             "unnamed_old": ".staging-mno345"}
+    for name in names.values():
+        (folder / name).mkdir()
+        (folder / name / "model.pt").write_bytes(b"half")
+    old = time.time() - registry.STAGING_MAX_AGE_S - 60
+    for key in ("other_old", "unnamed_old"):
+        os.utime(folder / names[key], (old, old))
+    version = registry.promote(str(tmp_path), "mlp", checkpoint, {"test_accuracy": 0.5},
+                               registry.make_provenance(config_factory(), "staging"))
+    assert Path(version).name == "v1"
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([names["live"], names["other_new"], "latest", "v1"])

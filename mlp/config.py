@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -23,6 +24,8 @@ ACTIVATIONS = ("relu", "tanh", "gelu")
 SEARCHERS = ("random", "grid", "optuna")
 TRIAL_RUNNERS = ("auto", "process", "trainer")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group names
+# A registry version reference: latest, vN, or an alias (champion, candidate, ...); see mlp.registry.
+VERSION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -175,6 +178,26 @@ class RegistryConfig:
 
 
 @dataclass
+class TrackConfig:
+    tensorboard: bool = field(
+        default=True,
+        metadata=_help("write TensorBoard event files: a training run's under <run>/tensorboard "
+                       "(tensorboard --logdir <run storage>); Tune trials always write their own"),
+    )
+    mlflow: Optional[str] = field(
+        default=None,
+        metadata=_help("MLflow tracking URI: a folder (kept as <folder>/mlflow.db plus artifacts, no server), "
+                       "sqlite:///file.db, or http://server:5000; off when unset. Needs the mlflow extra"),
+    )
+    mlflow_experiment: str = field(default="mlp", metadata=_help("MLflow experiment the runs are logged under"))
+
+    def __post_init__(self) -> None:
+        _require(self.mlflow is None or bool(self.mlflow.strip()), "track.mlflow",
+                 "must be a folder or a tracking URI (or unset)")
+        _require(bool(self.mlflow_experiment.strip()), "track.mlflow_experiment", "must not be empty")
+
+
+@dataclass
 class TuneConfig:
     num_samples: int = field(default=8, metadata=_help("trials to sample from the space"))
     space: dict[str, str] = field(
@@ -213,7 +236,11 @@ class TuneConfig:
 class ServeConfig:
     host: str = field(default="127.0.0.1", metadata=_help("HTTP bind address (0.0.0.0 exposes it)"))
     port: int = field(default=8000, metadata=_help("HTTP port"))
-    version: str = field(default="latest", metadata=_help("registry version to serve: latest or vN"))
+    version: str = field(
+        default="latest",
+        metadata=_help("registry version to serve: latest, vN, or an alias such as champion "
+                       "(set with `mlp-registry alias set champion vN`); latest and aliases are followed live"),
+    )
     checkpoint: Optional[str] = field(default=None, metadata=_help("serve this checkpoint folder instead"))
     max_batch_size: int = field(default=64, metadata=_help("dynamic batching: most requests per model call"))
     batch_wait_timeout_s: float = field(
@@ -262,8 +289,8 @@ class ServeConfig:
         _require(1 <= self.port <= 65535, "serve.port", f"must be in 1..65535, got {self.port}")
         _require(math.isfinite(self.load_grace_s) and self.load_grace_s >= 0, "serve.load_grace_s",
                  f"must be a finite number >= 0, got {self.load_grace_s}")
-        _require(self.version == "latest" or (self.version.startswith("v") and self.version[1:].isdigit()),
-                 "serve.version", f"must be 'latest' or vN, got {self.version!r}")
+        _require(VERSION_NAME.match(self.version) is not None, "serve.version",
+                 f"must be 'latest', vN or an alias name (letters, digits, - and _), got {self.version!r}")
         for key in ("max_batch_size", "max_instances", "max_body_bytes", "max_image_pixels",
                     "min_replicas", "max_ongoing_requests", "max_queued_requests", "decode_threads"):
             value = getattr(self, key)
@@ -295,6 +322,7 @@ class Config:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 

@@ -6,22 +6,17 @@
 * ``learning_curves.png``: val accuracy per epoch of every trial; early-stopped
   trials are grey, dashed and end in an x, so the pruning is visible.
 
-Uses matplotlib's file-only Agg backend: sweeps run headless (``ray job submit``).
+Drawn with ``mlp.report``'s file-only backend: sweeps run headless (``ray job submit``).
 """
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, Optional
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-from mlp.storage import Location  # noqa: E402
-from tune.space import Dim  # noqa: E402
+from mlp.report import plt, save_figure  # matplotlib with the file-only Agg backend
+from mlp.storage import Location
+from tune.space import Dim
 
 SCATTER_PNG = "val_accuracy_vs_lr.png"
 CURVES_PNG = "learning_curves.png"
@@ -68,8 +63,7 @@ def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Locat
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Location, max_epochs: int) -> Location:
@@ -94,16 +88,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Loca
         ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
-    return path
-
-
-def _save(fig: Any, path: Location) -> None:
-    """PNG bytes written whole through the storage layer, so the sweep's folder may be a URI."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    path.write_bytes(buffer.getvalue())
+    return save_figure(fig, path)
 
 
 def plot_all(rows: list[dict[str, Any]], dims: list[Dim], folder: Location, max_epochs: int) -> list[Location]:

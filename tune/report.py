@@ -1,10 +1,12 @@
-"""The sweep's results as a ranked table: printed, and saved as CSV and JSON.
+"""The sweep's results as a ranked table: printed, saved as CSV and JSON, and as ``report.md``.
 
 One row per trial, best validation accuracy first: the sampled values, best
 val accuracy, epochs run, whether ASHA stopped it early, its seconds, and the
 node it ran on (``node_id``; for a multi-worker trial, rank 0's node). The
 per-epoch validation curves travel beside the rows for ``tune.plots``.
 Reads Tune's ``ResultGrid`` once (``collect``); everything after works on plain dicts.
+``report.md`` has the same form as a training run's (``mlp.report``): the ranked
+table, the two plots of ``tune.plots``, the winner and where it was promoted.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from mlp.report import REPORT_MD, fmt, md_config, md_image, md_table
 from mlp.storage import Location
 from tune.space import Dim
 
@@ -105,3 +108,43 @@ def save_table(rows: list[dict[str, Any]], dims: list[Dim], folder: Location) ->
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
     json_path.write_text(json.dumps(clean, indent=2))
     return csv_path, json_path
+
+
+def sweep_report(config: dict[str, Any], rows: list[dict[str, Any]], dims: list[Dim],
+                 summary: dict[str, Any], plot_names: Sequence[str]) -> str:
+    """The Markdown of a finished sweep's report; the plots are linked by file name (they sit beside it)."""
+    promoted = summary.get("promoted") or {}
+    tune_cfg = config.get("tune", {})
+    lines = [
+        f"# Sweep `{summary.get('sweep')}`",
+        "",
+        f"- **Trials:** {summary.get('trials')} ({summary.get('stopped_early')} stopped early by ASHA, "
+        f"{summary.get('errors')} failed), {tune_cfg.get('search')} search, up to "
+        f"{config.get('train', {}).get('epochs')} epochs each on {config.get('data', {}).get('dataset')}",
+        f"- **Wall time:** {fmt(summary.get('wall_seconds'))} s",
+    ]
+    if promoted:
+        lines.append(f"- **Winner:** trial `{promoted.get('trial_id')}`: best val accuracy "
+                     f"{fmt(promoted.get('best_val_accuracy'))}, test accuracy {fmt(promoted.get('test_accuracy'))}; "
+                     f"promoted to `{promoted.get('registry_dir')}`")
+    elif rows:
+        lines.append(f"- **Best trial:** `{rows[0]['trial_id']}` (not promoted)")
+    lines += ["", "## Trials", "",
+              md_table(["rank", "trial", *(_short(d.key) for d in dims), "best val acc", "epochs", "early stop",
+                        "seconds", "node"],
+                       [[r["rank"], r["trial_id"], *(r[d.key] for d in dims), r["best_val_accuracy"], r["epochs"],
+                         "error" if r["status"] == "error" else r["stopped_early"], r["seconds"],
+                         (r.get("node_id") or "-")[:12]] for r in rows]),
+              "", "## Plots", ""]
+    lines += [md_image(name, name.removesuffix(".png").replace("_", " ")) + "\n" for name in plot_names]
+    lines += ["## Search space", "", md_table(["key", "spec"], sorted(tune_cfg.get("space", {}).items())),
+              "", "## Config", "", md_config(config), ""]
+    return "\n".join(lines)
+
+
+def write_sweep_report(folder: Location, config: dict[str, Any], rows: list[dict[str, Any]], dims: list[Dim],
+                       summary: dict[str, Any], plots: Sequence[Location]) -> Location:
+    """``report.md`` in the sweep's folder, beside its table and plots; returns its location."""
+    report = folder / REPORT_MD
+    report.write_text(sweep_report(config, rows, dims, summary, [p.name for p in plots]))
+    return report

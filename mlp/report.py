@@ -1,0 +1,153 @@
+"""Human-readable reports: Markdown beside PNG plots, written through ``mlp.storage``.
+
+Every training run ends with two files in its run folder::
+
+    learning_curves.png   loss and accuracy per epoch, train and validation
+    report.md             config, where each rank ran, time to target accuracy,
+                          throughput, test accuracy and the curves
+
+The sweep (``tune.report``) and the pipeline (``cluster.verify``) write the same
+kind of report from the same helpers here, so all three read alike: a title, a
+few short sections, Markdown tables, and plots linked by relative name (the
+PNG sits beside the ``.md``, so the report renders in a file browser, on
+GitHub, or after ``aws s3 sync``).
+
+Plots use matplotlib's file-only Agg backend: runs are headless (``ray job submit``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any, Iterable, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from mlp.storage import Location  # noqa: E402
+
+REPORT_MD = "report.md"
+CURVES_PNG = "learning_curves.png"
+
+
+def save_figure(fig: Any, path: Location) -> Location:
+    """PNG bytes written whole through the storage layer, so the folder may be a URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """One table cell: floats to ``digits`` significant places, None and NaN as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; cells go through ``fmt``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def md_config(config: dict[str, Any]) -> str:
+    """The resolved config as a fenced JSON block: exact, and pasteable into ``--config``."""
+    return "```json\n" + json.dumps(config, indent=2, default=str) + "\n```"
+
+
+def md_image(name: str, alt: str) -> str:
+    return f"![{alt}]({name})"
+
+
+def plot_learning_curves(history: list[dict[str, Any]], path: Location, title: str = "") -> Location:
+    """Loss (left) and accuracy (right) per epoch, train and validation, from a run's history."""
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = [h.get(f"{split}_{metric}") for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, markersize=4, label=f"{split}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if epochs:
+        loss_ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+        acc_ax.set_xticks(loss_ax.get_xticks())
+    fig.suptitle(title or "Learning curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def throughput(history: list[dict[str, Any]]) -> dict[str, Optional[float]]:
+    """Samples per second over the run (total samples / training seconds) and the slowest and fastest epoch."""
+    rates = [h["samples_per_s"] for h in history if h.get("samples_per_s")]
+    seconds = sum(h.get("epoch_s") or 0.0 for h in history)
+    samples = sum((h.get("samples_per_s") or 0.0) * (h.get("epoch_s") or 0.0) for h in history)
+    return {"mean": samples / seconds if seconds else None,
+            "min": min(rates) if rates else None, "max": max(rates) if rates else None}
+
+
+def run_report(config: dict[str, Any], summary: dict[str, Any], history: list[dict[str, Any]],
+               ranks: list[dict[str, Any]]) -> str:
+    """The Markdown of one training run's report (``learning_curves.png`` is linked, not inlined)."""
+    rate = throughput(history)
+    target = summary.get("target_accuracy")
+    reached = summary.get("time_to_target_s")
+    if target is None:
+        target_line = "no target set (`--train.target_accuracy 0.9` reports the training seconds to reach it)"
+    elif reached is None:
+        target_line = f"validation accuracy {target} **not reached** in {len(history)} epochs"
+    else:
+        epoch = next((h["epoch"] for h in history if (h.get("val_accuracy") or 0) >= target), None)
+        target_line = f"validation accuracy {target} reached after **{reached:.1f} s** of training (epoch {epoch})"
+    lines = [
+        f"# Training run `{summary.get('run_name')}`",
+        "",
+        md_table(["test accuracy", "test loss", "best val accuracy", "epochs", "workers", "training s", "wall s"],
+                 [[summary.get("test_accuracy"), summary.get("test_loss"), summary.get("best_val_accuracy"),
+                   summary.get("epochs"), summary.get("num_workers"), summary.get("train_seconds"),
+                   summary.get("wall_seconds")]]),
+        "",
+        f"- **Dataset:** {summary.get('dataset')}",
+        f"- **Time to target:** {target_line}",
+        f"- **Throughput:** {fmt(rate['mean'], 5)} samples/s over the run "
+        f"(epochs from {fmt(rate['min'], 5)} to {fmt(rate['max'], 5)})",
+        f"- **Checkpoint:** `{summary.get('checkpoint')}`",
+    ]
+    if summary.get("promoted"):
+        lines.append(f"- **Promoted to:** `{summary['promoted']}`")
+    lines += ["", "## Learning curves", "", md_image(CURVES_PNG, "loss and accuracy per epoch"), "",
+              "## Epochs", "",
+              md_table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds", "samples/s"],
+                       [[h.get("epoch"), h.get("train_loss"), h.get("train_accuracy"), h.get("val_loss"),
+                         h.get("val_accuracy"), h.get("lr"), h.get("epoch_s"), h.get("samples_per_s")]
+                        for h in history]),
+              "", "## Where each rank ran", ""]
+    if ranks:
+        lines.append(md_table(["rank", "node IP", "node id"],
+                              [[r.get("rank"), r.get("node_ip"), r.get("node_id")] for r in ranks]))
+    else:
+        lines.append("not recorded")
+    lines += ["", "## Config", "", md_config(config), ""]
+    return "\n".join(lines)
+
+
+def write_run_report(folder: Location, config: dict[str, Any], summary: dict[str, Any],
+                     history: list[dict[str, Any]], ranks: list[dict[str, Any]]) -> Location:
+    """``learning_curves.png`` and ``report.md`` in the run's folder; returns the report's location."""
+    plot_learning_curves(history, folder / CURVES_PNG, title=f"run {summary.get('run_name')}")
+    report = folder / REPORT_MD
+    report.write_text(run_report(config, summary, history, ranks))
+    return report

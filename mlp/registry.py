@@ -7,6 +7,8 @@ Layout (``<registry>`` is a local folder or a URI such as ``s3://bucket/registry
                                  metrics.json      val/test accuracy, loss, epochs, time-to-accuracy
                                  provenance.json   dataset, seed, trial id, code and library versions
     <registry>/<model name>/latest                 a pointer file holding e.g. ``v3``
+    <registry>/<model name>/latest.history         latest's moves, one JSON line each (what rollback undoes)
+    <registry>/<model name>/aliases/<NAME>         more pointer files (``champion``, ``candidate``, ...)
 
 Why it is built this way:
 
@@ -18,6 +20,10 @@ Why it is built this way:
 * ``latest`` is a small file, not a symlink: object stores have no links and a
   pointer read is one small request, so a replica can poll it every second.
   Registries written when ``latest`` was a symlink to ``v<N>`` still read.
+* Aliases are pointer files like ``latest`` that only people (``mlp-registry alias set``) move;
+  wherever a version is asked for (``serve.version``, ``resolve_version``) ``latest``, ``vN``
+  and an alias name all work. ``latest`` is the one that promotions move, and
+  ``latest.history`` (rewritten whole, as an object store needs) lets ``rollback`` put it back.
 * Versions never change once complete, so a node that serves a remote registry
   downloads each version once into its cache (``$MLP_CACHE_DIR``, default
   ``~/.cache/mlp``) and loads from there.
@@ -41,9 +47,10 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from mlp.config import Config
+from mlp.config import VERSION_NAME, Config
 from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path, normalize
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,17 @@ _VERSION = re.compile(r"^v(\d+)$")
 COPIED_FILES = ("model.pt", "config.json")
 COMPLETE_MARKER = "provenance.json"  # written last: its presence means the version is complete
 LATEST = "latest"
+ALIASES = "aliases"  # <model>/aliases/<NAME>: one pointer file per alias
+HISTORY = "latest.history"  # <model>/latest.history: latest's moves, oldest first
+HISTORY_KEEP = 100  # moves kept in the history: rollback needs the recent ones only
 NO_MODEL_FIX = "train with --promote or run a sweep first (or pass a checkpoint folder explicitly)"
 _verified: set[Path] = set()  # cached versions this process has checked against the registry
+T = TypeVar("T")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be done as asked (a reserved alias name, an incomplete version,
+    nothing to roll back to); the message says what is wrong and how to fix it."""
 
 
 def model_location(root: PathLike, model_name: str) -> Location:
@@ -75,19 +91,31 @@ def _numbers(names: list[str]) -> list[int]:
     return sorted(int(m.group(1)) for name in names if (m := _VERSION.match(name)))
 
 
-def list_versions(root: PathLike, model_name: str) -> list[int]:
-    """Numbers of the complete versions (``provenance.json`` present); one listing on a bucket."""
-    files = model_location(root, model_name).list_files()
+def is_version_number(name: str) -> bool:
+    """True for a version folder's name (``v3``): a pin that never moves, unlike ``latest`` or an alias."""
+    return _VERSION.match(name) is not None
+
+
+def _complete_numbers(files: list[str]) -> list[int]:
+    """Numbers of the complete versions among a model folder's files (``v3/provenance.json`` present)."""
     return _numbers([path.split("/")[0] for path in files if path.count("/") == 1
                      and path.endswith("/" + COMPLETE_MARKER)])
 
 
-def read_latest(root: PathLike, model_name: str) -> Optional[str]:
-    """The version ``latest`` points at (``v3``), or None before the first promotion.
+def list_versions(root: PathLike, model_name: str) -> list[int]:
+    """Numbers of the complete versions (``provenance.json`` present); one listing on a bucket."""
+    return _complete_numbers(model_location(root, model_name).list_files())
 
-    One small read: this is what a replica polls. A legacy registry's symlink is followed.
+
+def _known_versions(root: PathLike, model_name: str) -> str:
+    return ", ".join(f"v{n}" for n in list_versions(root, model_name)) or "none"
+
+
+def _read_pointer(pointer: Location) -> Optional[str]:
+    """The version a pointer file holds (``v3``), or None when there is no such file.
+
+    One small read: this is what a replica polls. A legacy registry's ``latest`` symlink is followed.
     """
-    pointer = model_location(root, model_name) / LATEST
     local = local_path(pointer.uri)
     if local is not None and os.path.islink(local):
         return os.path.basename(os.readlink(local).rstrip("/"))
@@ -97,37 +125,106 @@ def read_latest(root: PathLike, model_name: str) -> Optional[str]:
         text = pointer.read_text().strip()
     except FileNotFoundError:
         return None
-    if not _VERSION.match(text):
-        raise ValueError(f"{pointer} should hold a version name such as v3 but holds {text[:40]!r}: "
-                         f"write the version to serve into it, or promote a model again")
+    if not is_version_number(text):
+        raise RegistryError(f"{pointer} should hold a version name such as v3 but holds {text[:40]!r}: "
+                            f"write the version to serve into it, or promote a model again")
     return text
 
 
+def read_latest(root: PathLike, model_name: str) -> Optional[str]:
+    """The version ``latest`` points at (``v3``), or None before the first promotion."""
+    return _read_pointer(model_location(root, model_name) / LATEST)
+
+
+def check_alias_name(name: str) -> str:
+    """``name`` if it can name an alias; else a ``RegistryError`` saying which names can.
+
+    ``latest`` is reserved because promotions and rollbacks move it, and ``vN`` because it
+    names a version folder; either as an alias would make ``serve.version`` ambiguous.
+    """
+    if VERSION_NAME.match(name) is None:
+        raise RegistryError(f"{name!r} cannot name an alias: start with a letter and use only letters, digits, "
+                            f"- and _ (at most 64), e.g. champion or candidate")
+    if name.lower() == LATEST or is_version_number(name.lower()):
+        raise RegistryError(f"{name!r} is reserved: 'latest' moves with promote and rollback, and vN names a "
+                            f"version; pick another alias name, e.g. champion or candidate")
+    return name
+
+
+def _alias_pointer(root: PathLike, model_name: str, name: str) -> Location:
+    return model_location(root, model_name) / ALIASES / name
+
+
+def read_alias(root: PathLike, model_name: str, name: str) -> Optional[str]:
+    """The version alias ``name`` points at (``v3``), or None when no such alias is set."""
+    return _read_pointer(_alias_pointer(root, model_name, check_alias_name(name)))
+
+
+def list_aliases(root: PathLike, model_name: str) -> dict[str, str]:
+    """Every alias and the version it points at (``{"champion": "v3"}``), ``latest`` not included."""
+    folder = model_location(root, model_name) / ALIASES
+    names = [name for name in folder.list_files() if "/" not in name and VERSION_NAME.match(name)]
+    return _pointers(folder, names)
+
+
+def _pointers(folder: Location, names: list[str]) -> dict[str, str]:
+    """Pointer files of one folder read side by side (one small request each on a bucket)."""
+    targets = _in_parallel([lambda name=name: _read_pointer(folder / name) for name in names])
+    return {name: target for name, target in zip(names, targets) if target is not None}
+
+
+def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
+    """Results of independent small reads, in order; concurrent, since each is a round trip on a bucket."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def _missing_alias(root: PathLike, model_name: str, name: str) -> FileNotFoundError:
+    known = ", ".join(sorted(list_aliases(root, model_name))) or "none"
+    return FileNotFoundError(
+        f"no alias {name!r} for model {model_name!r} in {model_location(root, model_name)} (aliases: {known}): "
+        f"set it with `mlp-registry alias set {name} vN`, or ask for latest or a version vN")
+
+
+def _require_complete(root: PathLike, model_name: str, version: str) -> Location:
+    """The folder of version ``vN``, refused with the complete versions named when it is not complete."""
+    path = model_location(root, model_name) / version
+    if not (path / COMPLETE_MARKER).is_file():
+        raise FileNotFoundError(f"{path} is not a complete registry version (versions: "
+                                f"{_known_versions(root, model_name)}); pick one of those, or {NO_MODEL_FIX}")
+    return path
+
+
 def locate_version(root: PathLike, model_name: str, version: str = LATEST) -> Location:
-    """Where ``version`` (``latest`` or ``vN``) lives on the registry's storage; a clear error if nowhere."""
+    """Where ``version`` (``latest``, ``vN`` or an alias) lives on the registry's storage; a clear error if nowhere.
+
+    ``latest`` and an alias cost one pointer read; ``vN`` one check that it is complete.
+    """
     folder = model_location(root, model_name)
+    if is_version_number(version):
+        return _require_complete(root, model_name, version)
     if version == LATEST:
         name = read_latest(root, model_name)
         if name is None:
             raise FileNotFoundError(f"no promoted model in {folder}: {NO_MODEL_FIX}")
         return folder / name
-    path = folder / version
-    if not (path / COMPLETE_MARKER).is_file():
-        known = ", ".join(f"v{n}" for n in list_versions(root, model_name)) or "none"
-        raise FileNotFoundError(f"{path} is not a complete registry version (versions: {known}); "
-                                f"pick one of those, or {NO_MODEL_FIX}")
-    return path
+    name = read_alias(root, model_name, version)
+    if name is None:
+        raise _missing_alias(root, model_name, version)
+    return folder / name
 
 
 def resolve_version(root: PathLike, model_name: str, version: str = LATEST) -> Path:
-    """A local folder holding ``version`` (``latest`` or ``vN``), ready for ``load_model``.
+    """A local folder holding ``version`` (``latest``, ``vN`` or an alias), ready for ``load_model``.
 
     A local registry's folder is returned as is. A remote version is downloaded once into
-    this node's cache and reused; a pinned version already checked by this process costs
-    no request at all, and ``latest`` costs one pointer read.
+    this node's cache and reused; a pinned ``vN`` already checked by this process costs
+    no request at all, and ``latest`` or an alias costs one pointer read.
     """
     remote = local_path(normalize(root)) is None
-    if remote and version != LATEST:
+    if remote and is_version_number(version):
         cached = _cache_dir(root, model_name, version)
         if cached in _verified:
             return cached
@@ -141,14 +238,15 @@ def _complete_local(root: PathLike, model_name: str, version: str, folder: Path)
     """``folder`` if it holds a whole version; else an error naming the missing file (a few stats, no reads).
 
     Promotions rename a complete folder into place, so a gap here means the registry was damaged
-    after the fact (a file deleted, ``latest`` edited by hand): refuse it before anything loads.
+    after the fact (a file deleted, a pointer edited by hand): refuse it before anything loads.
     """
     if not folder.is_dir():
-        known = ", ".join(f"v{n}" for n in list_versions(root, model_name)) or "none"
-        pointer = model_location(root, model_name) / LATEST
-        via = f"{pointer} points at {folder.name}, but " if version == LATEST else ""
-        raise FileNotFoundError(f"{via}{folder} does not exist (complete versions: {known}): "
-                                f"point {LATEST} at one of those, or promote the model again")
+        pointer = (model_location(root, model_name) / LATEST if version == LATEST
+                   else _alias_pointer(root, model_name, version))
+        via = "" if is_version_number(version) else f"{pointer} points at {folder.name}, but "
+        fix = "ask for one of those" if is_version_number(version) else f"point {version} at one of those"
+        raise FileNotFoundError(f"{via}{folder} does not exist (complete versions: "
+                                f"{_known_versions(root, model_name)}): {fix}, or promote the model again")
     # A legacy registry's copied ``latest`` folder may predate provenance.json; it still needs the model.
     required = COPIED_FILES if folder.name == LATEST else (*COPIED_FILES, COMPLETE_MARKER)
     missing = [name for name in required if not (folder / name).is_file()]
@@ -195,7 +293,7 @@ def _same_version(cached: Path, location: Location) -> bool:
 
 def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
             metrics: dict[str, Any], provenance: dict[str, Any]) -> VersionDir:
-    """Copy a local checkpoint folder into the next ``v<N>`` and point ``latest`` at it.
+    """Copy a local checkpoint folder into the next ``v<N>`` and point ``latest`` at it (a recorded move).
 
     Returns the new version: a ``Path`` for a local registry, a ``Location`` for a URI
     (both have ``.name`` and ``str()``). Nothing becomes visible if it fails part-way.
@@ -207,7 +305,7 @@ def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
     folder = model_location(root, model_name)
     promote_to = _promote_local if folder.is_local else _promote_remote
     number = promote_to(folder, source, metrics, provenance)
-    (folder / LATEST).write_text(f"v{number}\n")
+    _move_latest(folder, f"v{number}", "promote")
     return _as_dir(folder / f"v{number}")
 
 
@@ -364,3 +462,183 @@ def make_provenance(cfg: Config, source: str, trial_id: Optional[str] = None) ->
         "libraries": {name: _version_of(name) for name in ("torch", "torchvision", "ray")},
         "python": platform.python_version(), "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# --- moving pointers: latest (with its history) and aliases -------------------------------------
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def read_history(root: PathLike, model_name: str) -> list[dict[str, str]]:
+    """``latest``'s recorded moves, oldest first: ``{"from": "v2", "to": "v3", "at": ..., "by": "promote"}``.
+
+    Only moves away from an earlier version are recorded (the first promotion has nothing to
+    return to). A line that cannot be read is skipped: rollback checks the last move it uses
+    against the pointer itself, so a damaged history can refuse a rollback but never misdirect one.
+    """
+    return _read_moves(model_location(root, model_name))
+
+
+def _read_moves(folder: Location) -> list[dict[str, str]]:
+    try:
+        lines = (folder / HISTORY).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    moves = []
+    for line in lines:
+        try:
+            move = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(move, dict) and is_version_number(str(move.get("from"))) and is_version_number(str(move.get("to"))):
+            moves.append(move)
+    return moves
+
+
+def _write_history(folder: Location, moves: list[dict[str, str]]) -> None:
+    """Rewrite the whole history file (an object store cannot append), keeping the newest moves."""
+    text = "".join(json.dumps(move) + "\n" for move in moves[-HISTORY_KEEP:])
+    (folder / HISTORY).write_text(text)
+
+
+def _move_latest(folder: Location, version: str, how: str) -> Optional[str]:
+    """Point ``latest`` at ``version`` and record the move; returns where it pointed before.
+
+    The pointer is written first: it is what replicas follow, and the move has happened once it
+    is. A history that then fails to write only costs the ability to undo this one move, so it
+    is logged, not raised. Two writers moving ``latest`` at the same moment may lose one line.
+    """
+    pointer = folder / LATEST
+    was = _read_pointer(pointer)
+    pointer.write_text(f"{version}\n")
+    if was is not None and is_version_number(was) and was != version:
+        try:
+            _write_history(folder, [*_read_moves(folder), {"from": was, "to": version, "at": _now(), "by": how}])
+        except OSError as err:
+            log.warning("latest moved %s -> %s but %s could not be updated (rollback cannot undo this move): %s",
+                        was, version, folder / HISTORY, err)
+    return was
+
+
+def version_of(root: PathLike, model_name: str, version: str) -> str:
+    """The complete version (``v3``) that ``latest``, ``vN`` or an alias names now; a clear error if none."""
+    name = locate_version(root, model_name, version).name
+    if not is_version_number(name):  # a legacy registry's copied ``latest`` folder has no number to point at
+        raise RegistryError(f"{model_location(root, model_name) / LATEST} is a folder, not a pointer: "
+                            f"promote the model again to turn it into one")
+    if not is_version_number(version):
+        _require_complete(root, model_name, name)  # a pointer edited by hand may name a missing version
+    return name
+
+
+def set_latest(root: PathLike, model_name: str, version: str) -> tuple[Optional[str], str]:
+    """Point ``latest`` at a complete version (``vN``, or what an alias names); returns (was, now).
+
+    The move is recorded, so ``rollback`` undoes it like a promotion.
+    """
+    target = version_of(root, model_name, version)
+    return _move_latest(model_location(root, model_name), target, "set_latest"), target
+
+
+def rollback(root: PathLike, model_name: str) -> tuple[str, str]:
+    """Move ``latest`` back to where it pointed before its last move; returns (was, now).
+
+    The history is a stack: a rollback removes the move it undoes (it does not add one), so
+    rolling back twice after promoting v2 and v3 lands on v1, and once nothing earlier is
+    recorded it refuses. It refuses too when ``latest`` no longer holds where the last
+    recorded move put it (edited by hand, or by code that keeps no history): then the
+    version to return to is a guess, so the message asks for one (``set_latest``).
+    """
+    folder = model_location(root, model_name)
+    current = read_latest(root, model_name)
+    if current is None:
+        raise FileNotFoundError(f"no promoted model in {folder}, so nothing to roll back: {NO_MODEL_FIX}")
+    moves = read_history(root, model_name)
+    pick = (f"point latest at a version yourself with `mlp-registry rollback --to vN` "
+            f"(versions: {_known_versions(root, model_name)})")
+    if not moves:
+        raise RegistryError(f"latest ({current}) has no earlier version recorded in {folder / HISTORY}: "
+                            f"nothing to roll back to; {pick}")
+    last = moves[-1]
+    if last["to"] != current:
+        raise RegistryError(f"latest holds {current}, but its last recorded move was to {last['to']} (it was "
+                            f"changed without the registry tools): cannot tell what to roll back to; {pick}")
+    target = last["from"]
+    _require_complete(root, model_name, target)
+    (folder / LATEST).write_text(f"{target}\n")
+    _write_history(folder, moves[:-1])
+    return current, target
+
+
+def set_alias(root: PathLike, model_name: str, name: str, version: str) -> tuple[Optional[str], str]:
+    """Point alias ``name`` at a complete version (``vN``, ``latest`` or another alias, stored as
+    the ``vN`` it names now); returns (was, now), ``was`` None for a new alias."""
+    pointer = _alias_pointer(root, model_name, check_alias_name(name))
+    try:
+        target = version_of(root, model_name, version)
+    except FileNotFoundError as err:
+        raise RegistryError(f"cannot point alias {name!r} at {version}: {err}") from None
+    was = _read_pointer(pointer)
+    pointer.write_text(f"{target}\n")
+    return was, target
+
+
+def delete_alias(root: PathLike, model_name: str, name: str) -> str:
+    """Remove alias ``name``; returns the version it pointed at. Versions themselves are never removed."""
+    pointer = _alias_pointer(root, model_name, check_alias_name(name))
+    was = _read_pointer(pointer)
+    if was is None:
+        raise _missing_alias(root, model_name, name)
+    pointer.delete()
+    return was
+
+
+# --- describing what is there -------------------------------------------------------------------
+
+
+def _read_json(location: Location) -> dict[str, Any]:
+    """A version's small JSON file, or {} when it is missing or damaged (a listing must not stop at one)."""
+    try:
+        data = json.loads(location.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def source_run(provenance: dict[str, Any]) -> Optional[str]:
+    """Where a version came from, in a few words: ``sweep/trial`` for a sweep's winner, else the run name."""
+    if provenance.get("sweep"):
+        return f"{provenance['sweep']}/{provenance.get('trial_id') or '?'}"
+    return provenance.get("run_name") or provenance.get("trial_id")
+
+
+def describe_versions(root: PathLike, model_name: str) -> list[dict[str, Any]]:
+    """One summary per complete version, oldest first: accuracy, source, promotion time, aliases.
+
+    Cheap on a bucket: one listing of the model folder, then the small files (pointers,
+    ``metrics.json``, ``provenance.json``) read side by side.
+    """
+    folder = model_location(root, model_name)
+    files = folder.list_files()
+    numbers = _complete_numbers(files)
+    alias_names = [path.split("/", 1)[1] for path in files
+                   if path.startswith(ALIASES + "/") and VERSION_NAME.match(path.split("/", 1)[1])]
+    pointers = {**_pointers(folder, [LATEST]), **_pointers(folder / ALIASES, alias_names)}
+    reads = [lambda n=n, f=f: _read_json(folder / f"v{n}" / f) for n in numbers
+             for f in ("metrics.json", COMPLETE_MARKER)]
+    documents = _in_parallel(reads)
+    rows = []
+    for i, number in enumerate(numbers):
+        metrics, provenance = documents[2 * i], documents[2 * i + 1]
+        version = f"v{number}"
+        rows.append({
+            "version": version, "test_accuracy": metrics.get("test_accuracy"),
+            "source_run": source_run(provenance), "run_name": provenance.get("run_name"),
+            "sweep": provenance.get("sweep"), "trial_id": provenance.get("trial_id"),
+            "promoted_at": provenance.get("promoted_at"),
+            "aliases": sorted((name for name, target in pointers.items() if target == version),
+                              key=lambda name: (name != LATEST, name)),
+        })
+    return rows

@@ -10,8 +10,10 @@ Hot swap, two ways, neither restarts a replica nor drops a request:
 * ``user_config`` ``{"version": ..., "checkpoint": ...}`` -> ``reconfigure``:
   changing it in the YAML and re-running ``serve deploy`` updates every
   replica in place.
-* While the source is ``latest``, each replica checks the registry pointer
-  every ``WATCH_INTERVAL_S`` seconds and loads a newly promoted version;
+* While the source is ``latest`` or an alias (``champion``, ...), each replica
+  checks that registry pointer every ``WATCH_INTERVAL_S`` seconds and loads the
+  version it names once it moves (a promotion, ``mlp-registry rollback``,
+  ``mlp-registry alias set``); a pinned ``vN`` never moves.
   ``POST /admin/reload`` makes the replica that receives it check at once.
 
 A swap loads the new model in a thread and then replaces one reference; a
@@ -155,7 +157,7 @@ class MLPService:
             raise RuntimeError(f"the registry watcher stopped: {self._watcher.exception()!r}")
 
     async def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        """Serve this source from now on: ``{"version": "latest" | "vN", "checkpoint": path | null}``.
+        """Serve this source from now on: ``{"version": "latest" | "vN" | alias, "checkpoint": path | null}``.
 
         Never raises for a source that cannot be loaded: Ray would stop a running replica whose
         ``reconfigure`` fails, and the model it already has is better than none (``problem`` says why).
@@ -209,9 +211,10 @@ class MLPService:
         self.problem = problem
 
     async def _watch(self) -> None:
+        """Follow a moving source (``latest``, an alias): one pointer read a tick, a load only when it moved."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            if self.predictor is None or (self.source.version == "latest" and not self.source.checkpoint):
+            if self.predictor is None or self.source.follows_registry:
                 await self._refresh()
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)  # both set from the config in __init__
@@ -259,7 +262,8 @@ class MLPService:
         return json_response({"ready": True, "version": self.predictor.version, "problem": self.problem or None,
                               "replica": replica_id()})
 
-    @api.get("/model", summary="The model being served: version, metrics, provenance")
+    @api.get("/model", summary="The model being served: version (vN), metrics, provenance; source.version is "
+                               "what was asked for (latest, vN or an alias)")
     async def model(self) -> Response:
         if self.predictor is None:
             return json_response({"error": self.problem, "status": 503}, status=503)

@@ -22,7 +22,7 @@ from mlp.checkpoint import CheckpointError, load_model, read_state
 from mlp.config import Config
 from mlp.data import CLASS_NAMES
 from mlp.model import INPUT_SIZE, MLP
-from mlp.registry import resolve_version
+from mlp.registry import is_version_number, resolve_version
 from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path
 
 PathLike = Union[str, Path]
@@ -30,7 +30,7 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model comes from: a registry version (``latest`` or ``vN``) or a checkpoint folder."""
+    """Where a model comes from: a registry version (``latest``, ``vN`` or an alias) or a checkpoint folder."""
 
     registry: str
     model_name: str
@@ -41,11 +41,17 @@ class ModelSource:
     def from_config(cls, cfg: Config) -> "ModelSource":
         return cls(cfg.registry.path, cfg.registry.model_name, cfg.serve.version, cfg.serve.checkpoint)
 
+    @property
+    def follows_registry(self) -> bool:
+        """True when the model to serve can change without a redeploy: ``latest`` or an alias, which
+        ``promote``, ``rollback`` and ``mlp-registry alias set`` move. A ``vN`` or a checkpoint never changes."""
+        return not self.checkpoint and not is_version_number(self.version)
+
     def resolve(self) -> Path:
-        """The local folder to load *now*; ``latest`` follows the registry pointer.
+        """The local folder to load *now*; ``latest`` and an alias follow their registry pointer.
 
         A remote registry version or checkpoint (``s3://...``) is downloaded once into this
-        node's cache and reused, so polling ``latest`` costs one pointer read, not a download.
+        node's cache and reused, so polling ``latest`` or an alias costs one pointer read, not a download.
         """
         if self.checkpoint:
             return _checkpoint_folder(self.checkpoint)

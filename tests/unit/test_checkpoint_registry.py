@@ -101,7 +101,7 @@ def test_promote_numbers_versions_and_moves_latest(root: str, checkpoint: Path, 
     x = torch.rand(2, 784)
     expected, _ = load_model(checkpoint)
     assert torch.allclose(model(x), expected(x))
-    assert entries(root) == ["latest"] + [f"v{n}/{f}" for n in (1, 2) for f in
+    assert entries(root) == ["latest", "latest.history"] + [f"v{n}/{f}" for n in (1, 2) for f in
                                           ("config.json", "metrics.json", "model.pt", "provenance.json")]
 
 

@@ -24,6 +24,7 @@ from mlp.config import Config
 from mlp.loop import fit, prepare, set_threads
 from mlp.runfiles import RunFiles, checkpoint_history, epoch_metrics, node_of_this_process
 from mlp.storage import normalize
+from mlp.tracking import MlflowRun, log_epochs, write_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,23 @@ class RunRecorder(UserCallback):
     """Writes the run's files from what the workers report; runs in Ray Train's controller.
 
     After each report (Ray has already registered the checkpoint by then), it
-    rewrites ``metrics.jsonl`` whole from the history stored in the reported
-    checkpoint, and ``ranks.json`` when the placement of ranks changes. It
-    writes only while its attempt token still owns the run.
+    rewrites ``metrics.jsonl`` and the TensorBoard event file whole from the
+    history stored in the reported checkpoint, logs the epochs MLflow does not
+    hold yet (live, so a user can watch the run there), and writes
+    ``ranks.json`` when the placement of ranks changes. It writes only while
+    its attempt token still owns the run. Tracking is best effort: a
+    TensorBoard or MLflow failure is logged and never stops training (the
+    driver completes the MLflow run at the end).
     """
 
-    def __init__(self, storage_path: str, name: str, token: Optional[str]) -> None:
+    def __init__(self, storage_path: str, name: str, token: Optional[str], tensorboard: bool = True,
+                 mlflow_run: Optional[MlflowRun] = None) -> None:
         self.files = RunFiles(storage_path, name)
+        self.name = name
         self.token = token
+        self.tensorboard = tensorboard
+        self.mlflow_run = mlflow_run
+        self.mlflow_epoch: Optional[int] = None  # last epoch MLflow holds; asked of MLflow on first use
         self.ranks: list[dict[str, Any]] = []
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
@@ -113,19 +123,38 @@ class RunRecorder(UserCallback):
             return
         history = checkpoint_history(checkpoint) if checkpoint is not None else None
         if history is not None:
-            self.files.write_metrics([epoch_metrics(m) for m in history])
+            epochs = [epoch_metrics(m) for m in history]
+            self.files.write_metrics(epochs)
+            self.track(epochs)
         ranks = [{"rank": rank, **{k: m.get(k) for k in ("node_id", "node_ip")}} for rank, m in enumerate(metrics)]
         if ranks != self.ranks:
             self.files.write_ranks(ranks)
             self.ranks = ranks
 
+    def track(self, history: list[dict[str, Any]]) -> None:
+        """TensorBoard and MLflow from the checkpoint's history; failures are warnings."""
+        if self.tensorboard:
+            try:
+                write_tensorboard(self.files.dir, self.name, history)
+            except Exception as err:
+                log.warning("cannot write the TensorBoard events of %s: %s", self.files.dir, err)
+        if self.mlflow_run is not None:
+            try:
+                self.mlflow_epoch = log_epochs(self.mlflow_run, history, self.mlflow_epoch)
+            except Exception as err:
+                log.warning("cannot log epochs to MLflow run %s (%s): %s; the driver logs them at the end",
+                            self.mlflow_run.run_id, self.mlflow_run.tracking_uri, err)
+
 
 def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker,
-                  callbacks: Optional[list[Any]] = None, attempt_token: Optional[str] = None):
+                  callbacks: Optional[list[Any]] = None, attempt_token: Optional[str] = None,
+                  mlflow_run: Optional[MlflowRun] = None):
     """A ``TorchTrainer`` for ``cfg``; a fixed ``run.name`` makes it resumable.
 
     ``callbacks`` are extra Ray Train callbacks (Tune passes its reporting
-    callback here); ``RunRecorder`` is always added, fenced by ``attempt_token``.
+    callback here); ``RunRecorder`` is always added, fenced by ``attempt_token``,
+    writing TensorBoard events when ``track.tensorboard`` and logging epochs to
+    ``mlflow_run`` (started by the driver) when given.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -144,7 +173,8 @@ def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = tra
             storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.checkpoints_kept),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            callbacks=[RunRecorder(storage, str(cfg.run.name), attempt_token), *(callbacks or [])],
+            callbacks=[RunRecorder(storage, str(cfg.run.name), attempt_token, cfg.track.tensorboard, mlflow_run),
+                       *(callbacks or [])],
         ),
     )
 

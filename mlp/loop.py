@@ -109,6 +109,7 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
             "epoch": state.epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "best_val_accuracy": state.best_val_accuracy,
             "epoch_s": seconds, "samples_per_s": samples / seconds, "elapsed_s": state.elapsed_s,
+            "lr": optimizer.param_groups[0]["lr"],  # the rate this epoch trained with (a schedule may change it)
             "time_to_target_s": state.time_to_target_s, "timestamp": time.time(),
         }
         state.history.append(metrics)

@@ -5,7 +5,9 @@ run (``mlp.runfiles``: a resumed run waits until a previous attempt's processes
 are gone), runs the ``TorchTrainer`` from ``mlp.distributed``, evaluates the
 final checkpoint once on the test set, and writes ``summary.json`` beside
 ``metrics.jsonl`` in the run folder on the run's storage. ``--promote`` copies
-the result into the model registry.
+the result into the model registry. With ``--track.mlflow`` the driver starts
+(or, on resume, continues) the run's MLflow run, which ``RunRecorder`` fills
+live, and closes it with the test metrics, the model and its registry version.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from mlp import registry
+from mlp import registry, tracking
 from mlp.checkpoint import load_model, read_state
 from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
 from mlp.config import Config
@@ -45,6 +47,7 @@ def check_data(cfg: Config) -> None:
 
 def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
     """Train (or resume) the run named in ``cfg`` and return its summary."""
+    mlflow_target = tracking.require_mlflow(cfg.track)  # exit 2 before anything is written
     cfg = with_run_name(cfg)
     files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
     summary = files.read_summary()
@@ -59,12 +62,18 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
     init_ray()
     print(check_cluster(cfg, "train").summary(), flush=True)  # exits 2 before anything is written
     attempt = files.begin_attempt()
+    mlflow_run = tracking.start_run(mlflow_target, files.dir, str(cfg.run.name), cfg.to_dict()) \
+        if mlflow_target else None
     try:
-        result = build_trainer(cfg, attempt_token=attempt.token).fit()
+        result = build_trainer(cfg, attempt_token=attempt.token, mlflow_run=mlflow_run).fit()
     except (KeyboardInterrupt, SystemExit):  # Ray Train turns Ctrl-C into a graceful abort + exit
+        tracking.end_run(mlflow_run, "KILLED")
         raise RunInterrupted(f"interrupted: run this command again with --run.name {cfg.run.name} "
                              f"--run.storage_path {cfg.run.storage_path} to resume from the last checkpoint"
                              ) from None
+    except Exception:
+        tracking.end_run(mlflow_run, "FAILED")
+        raise
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {files.dir}")
     with result.checkpoint.as_directory() as folder:
@@ -83,6 +92,11 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
             version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, summary,
                                        registry.make_provenance(cfg, result.checkpoint.path))
             summary["promoted"] = str(version)
+        if cfg.track.tensorboard:  # the controller wrote it live; this only completes a file it could not
+            tracking.write_tensorboard(files.dir, str(cfg.run.name), state.get("history") or [])
+        if mlflow_run is not None:
+            tracking.finish_run(mlflow_run, state.get("history") or [], test, folder, summary.get("promoted"))
+            summary["mlflow_run_id"] = mlflow_run.run_id
     files.write_summary(summary)
     return summary
 
@@ -117,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "Train the MNIST MLP (784-100-10, SGD) data-parallel with Ray Train.\n"
         "Joins RAY_ADDRESS (or the cluster of a `ray job submit`) if set, else starts a local cluster.\n"
         "Re-running with the same --run.name resumes from the last checkpoint.",
-        sections=("model", "optim", "data", "train", "scaling", "run", "registry"),
+        sections=("model", "optim", "data", "train", "scaling", "run", "registry", "track"),
     )
     parser.add_argument("--promote", action="store_true", help="copy the result into the model registry")
     cfg, args = parse_config(parser, argv)

@@ -7,6 +7,9 @@ table, saves it (CSV, JSON) with two plots, and promotes the winner into the
 model registry. Re-running with the same ``--run.name`` resumes an interrupted
 sweep; a finished one is only reported again. Trials train through ``mlp``
 (``tune.trial``): this package has no training loop, model or ScalingConfig.
+Tune's own loggers write each trial's TensorBoard events; with ``--track.mlflow``
+Ray's MLflow callback logs one MLflow run per trial, and the winner's run is
+tagged with the registry version it was promoted to.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from mlp import tracking
 from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
 from mlp.config import Config, ConfigError
 from mlp.distributed import init_ray, with_run_name
@@ -26,7 +30,8 @@ from mlp.storage import Location, join
 from mlp.train import check_data
 from tune import plots, report
 from tune.space import Dim, describe, grid_size, parse_space, to_param_space
-from tune.trial import TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname
+from tune.trial import (TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname,
+                        trial_name)
 
 log = logging.getLogger("tune.sweep")
 SUMMARY_FILE = "sweep_summary.json"
@@ -95,6 +100,38 @@ def make_trainable(cfg: Config, plan: TrialPlan) -> Any:
     return tune.with_resources(tune.with_parameters(fn, base=base_for_trials(cfg, plan)), plan.trial_resources)
 
 
+def mlflow_callbacks(cfg: Config) -> list[Any]:
+    """Ray's MLflow logger when ``track.mlflow`` is set: one MLflow run per trial, tagged with the sweep.
+
+    The experiment is created first with the target's artifact folder (Ray's
+    callback would create it under ./mlruns). Artifacts are not copied
+    (``save_artifact=False``): a trial's result files already sit in the sweep
+    folder, and the model that matters is the promoted one, which the winner's
+    run points to through its ``registry_path`` tag.
+    """
+    target = tracking.mlflow_target(cfg.track)
+    if target is None:
+        return []
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    tracking.ensure_experiment(target)
+    return [MLflowLoggerCallback(tracking_uri=target.tracking_uri, experiment_name=target.experiment,
+                                 tags={tracking.SWEEP_TAG: str(cfg.run.name), "kind": "trial"},
+                                 save_artifact=False)]
+
+
+def tag_winner(cfg: Config, promoted: dict[str, Any]) -> None:
+    """Tag the winner trial's MLflow run(s) with the registry version it was promoted to."""
+    target = tracking.mlflow_target(cfg.track)
+    if target is None:
+        return
+    runs = tracking.tag_trial_runs(target, str(cfg.run.name), trial_name(promoted["trial_id"]),
+                                   promoted["registry_dir"])
+    if not runs:
+        log.warning("no MLflow run of trial %s in experiment %s at %s to tag with %s", promoted["trial_id"],
+                    target.experiment, target.tracking_uri, promoted["version"])
+
+
 def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> Any:
     """A new Tuner, or the interrupted one restored from ``sweep_dir`` (finished trials stay finished)."""
     from ray import tune
@@ -121,6 +158,7 @@ def make_tuner(cfg: Config, dims: list[Dim], plan: TrialPlan, resume: bool) -> A
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=cfg.run.max_failures),
             verbose=1,  # the live trial table and trial starts/ends; per-epoch results go to files
+            callbacks=mlflow_callbacks(cfg),  # Tune adds its CSV, JSON and TensorBoard loggers itself
         ),
     )
 
@@ -147,7 +185,9 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     """Run (or resume) the sweep named in ``cfg``; returns its summary (also saved as JSON)."""
     import ray
 
+    tracking.require_mlflow(cfg.track)  # exit 2 before anything is written
     cfg, dims, resume = prepare(cfg)
+    tracking.require_mlflow(cfg.track)  # a resumed sweep tracks where it started
     path = sweep_dir(cfg)
     if (path / SUMMARY_FILE).is_file():
         summary = json.loads((path / SUMMARY_FILE).read_text())
@@ -191,6 +231,7 @@ def promote_finished(cfg: Config) -> dict[str, Any]:
         raise ConfigError("run.name", f"no finished sweep at {path}")
     results = load_results(path)
     promoted = promote_best(cfg, report.collect(results, dims, cfg.train.epochs), results, path)
+    tag_winner(cfg, promoted)
     print(f"promoted trial {promoted['trial_id']} of {cfg.run.name} to {promoted['registry_dir']}")
     return promoted
 
@@ -205,6 +246,8 @@ def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: boo
     csv_path, json_path = report.save_table(rows, dims, path)
     pngs = plots.plot_all(rows, dims, path, cfg.train.epochs)
     promoted = promote_best(cfg, rows, results, path) if promote else None
+    if promoted:
+        tag_winner(cfg, promoted)
     prune_checkpoints(results, cfg.run.checkpoints_kept)
     best = {k: v for k, v in rows[0].items() if k != "curve"} if rows else None
     summary = {
@@ -230,7 +273,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "lograndint:LO:HI (add :N for --tune.search grid), e.g. --tune.space.optim.lr loguniform:1e-3:0.5.\n"
         "Joins RAY_ADDRESS (or the cluster of a `ray job submit`) if set, else starts a local cluster.\n"
         "Re-running with the same --run.name resumes an interrupted sweep.",
-        sections=("tune", "model", "optim", "data", "train", "scaling", "run", "registry"),
+        sections=("tune", "model", "optim", "data", "train", "scaling", "run", "registry", "track"),
     )
     parser.add_argument("--resume", action="store_true", help="same as --tune.resume true")
     parser.add_argument("--no-promote", action="store_true", help="do not copy the winner into the registry")

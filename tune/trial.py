@@ -141,11 +141,18 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     # A name fixed by the trial id (no timestamp) is what lets Train resume this trial's run.
     data["run"]["storage_path"] = join(cfg.run.storage_path, str(cfg.run.name), TRAIN_RUNS_DIR)
     data["run"]["name"] = f"trial-{trial_id}"
+    # Tune's own loggers (event files, MLflow runs) already track this trial; its Train run adds none.
+    data["track"].update(tensorboard=False, mlflow=None)
     # TuneReportCallback forwards each ray.train.report to this trial; ReleaseStoppedWorkers
     # frees the workers if ASHA stops the trial (see tune.release for why Ray's own cleaner may not).
     build_trainer(Config.from_dict(data), callbacks=[TuneReportCallback(), ReleaseStoppedWorkers()]).fit()
 
 
 def trial_dirname(trial: Any) -> str:
-    """Short trial folders (Tune's default packs every parameter into the name)."""
-    return f"trial_{trial.trial_id}"
+    """Short trial folders (Tune's default packs every parameter into the name); also the trial's name."""
+    return trial_name(trial.trial_id)
+
+
+def trial_name(trial_id: str) -> str:
+    """A trial's folder and name, as Tune shows it and MLflow's ``trial_name`` tag holds it."""
+    return f"trial_{trial_id}"

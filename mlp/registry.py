@@ -210,7 +210,13 @@ def locate_version(root: PathLike, model_name: str, version: str = LATEST) -> Lo
         if name is None:
             raise FileNotFoundError(f"no promoted model in {folder}: {NO_MODEL_FIX}")
         return folder / name
-    name = read_alias(root, model_name, version)
+    try:
+        name = read_alias(root, model_name, version)
+    except RegistryError:  # a name no alias can have (V3, LATEST, 9x): unknown, like a missing alias
+        aliases = ", ".join(sorted(list_aliases(root, model_name))) or "none"
+        raise FileNotFoundError(f"{version!r} is neither a version nor an alias of model {model_name!r} in "
+                                f"{folder} (versions: {_known_versions(root, model_name)}; aliases: {aliases}): "
+                                f"ask for one of those, or latest") from None
     if name is None:
         raise _missing_alias(root, model_name, version)
     return folder / name

@@ -174,7 +174,8 @@ def test_rollback_refuses_when_latest_was_moved_by_hand(root: str, checkpoints: 
 @pytest.mark.parametrize("args, says", [
     (["show", "v9"], "versions: v1, v2"),
     (["show", "nope"], "no alias 'nope'"),
-    (["show", "9lives"], "cannot name an alias"),
+    (["show", "9lives"], "neither a version nor an alias"),
+    (["show", "V1"], "(versions: v1, v2; aliases: none)"),
     (["alias", "set", "latest", "v1"], "is reserved"),
     (["alias", "set", "v3", "v1"], "is reserved"),
     (["alias", "set", "bad/name", "v1"], "cannot name an alias"),

@@ -1,0 +1,195 @@
+"""The shared-memory all-reduce (``mlp.allreduce``) between two real processes over gloo, no Ray.
+
+One pair of spawned ranks runs every two-process check once (starting
+processes is most of the cost) and rank 0 writes what it saw; the tests below
+assert on that record. World size 1 runs in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from mlp import allreduce
+from mlp.allreduce import PREFIX, SHM_DIR, ShmAllreduce, enable_shm_allreduce, segment_name
+from mlp.config import ModelConfig
+from mlp.model import build_model
+
+pytestmark = pytest.mark.skipif(not allreduce._local_ok(), reason="needs Linux /dev/shm on x86-64")
+
+WORLD = 2
+
+
+def _names_of(pid: int) -> list[str]:
+    return sorted(p.name for p in SHM_DIR.glob(f"{PREFIX}{pid}-*"))
+
+
+def _train(model: torch.nn.Module, steps: int, rank: int) -> torch.Tensor:
+    """A few SGD steps on fixed data, 16 samples per rank; returns the flat weights."""
+    gen = torch.Generator().manual_seed(5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        x, y = torch.rand(WORLD * 16, 784, generator=gen), torch.randint(0, 10, (WORLD * 16,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[rank * 16:(rank + 1) * 16]), y[rank * 16:(rank + 1) * 16]).backward()
+        optimizer.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _same_on_all_ranks(t: torch.Tensor) -> bool:
+    gathered = [torch.empty_like(t) for _ in range(WORLD)]
+    dist.all_gather(gathered, t)
+    return all(torch.equal(gathered[0], g) for g in gathered)
+
+
+def _rank_main(rank: int, port: int, out: str) -> None:
+    """Both ranks run this; rank 0 records the outcome of each check in ``out``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    seen: dict[str, Any] = {"rank0_pid": os.getpid()}
+
+    state = ShmAllreduce.setup(4 * 10_000)
+    assert state is not None
+    seen["names_after_setup"] = [p.name for p in SHM_DIR.glob(f"{PREFIX}*")]
+    # Many calls of changing sizes: both parities of the double buffer, each checked against gloo.
+    worst, identical = 0.0, True
+    gen = torch.Generator().manual_seed(100 + rank)
+    for call in range(60):
+        x = torch.randn(1 + (call * 997) % 10_000, generator=gen)
+        expected = x.clone()
+        dist.all_reduce(expected)
+        average = call % 2 == 1
+        got = state.allreduce_(x.clone(), average=average)
+        worst = max(worst, (got - (expected / WORLD if average else expected)).abs().max().item())
+        identical = identical and _same_on_all_ranks(got)
+    seen["raw_max_abs_diff"], seen["raw_bit_identical"] = worst, identical
+    state.close()
+
+    # DDP with several buckets: at a 1 KB cap this model's gradients form 4 buckets (one per layer)
+    # from the second step on; the first step uses DDP's first-bucket size and takes them in one.
+    deep = ModelConfig(hidden_sizes=[100, 50, 50])
+    default = DistributedDataParallel(build_model(deep, seed=0), bucket_cap_mb=0.001)
+    hooked = DistributedDataParallel(build_model(deep, seed=0), bucket_cap_mb=0.001)
+    shm = enable_shm_allreduce(hooked)
+    assert shm is not None
+    reference, weights = _train(default, 6, rank), _train(hooked, 6, rank)
+    seen["calls_per_step"] = shm.seq / 6
+    seen["ddp_max_abs_diff"] = (reference - weights).abs().max().item()
+    seen["ddp_bit_identical"] = _same_on_all_ranks(weights)
+    seen["names_while_training"] = [p.name for p in SHM_DIR.glob(f"{PREFIX}*")]
+    shm.close()
+
+    # A peer that dies: the survivor's next call fails fast instead of waiting forever.
+    doomed = ShmAllreduce.setup(4 * 100)
+    assert doomed is not None
+    dist.barrier()
+    if rank == 1:
+        os._exit(0)
+    started = time.monotonic()
+    try:
+        doomed.allreduce_(torch.ones(100))
+        seen["dead_peer"] = "returned"
+    except RuntimeError as err:
+        seen["dead_peer"] = str(err)
+    seen["dead_peer_s"] = time.monotonic() - started
+    Path(out).write_text(json.dumps(seen))
+    os._exit(0)  # the group's peer is gone: skip gloo's teardown handshake
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _killed_creator_segment() -> str:
+    """A process that created a segment the way rank 0 does, then was killed before unlinking it.
+
+    Forked rather than started afresh: the child needs nothing but ``_create``, and a fork costs
+    milliseconds where a new interpreter importing torch costs seconds.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: create, report the name, wait to be killed
+        os.close(read_end)
+        name, _ = allreduce._create(4096)
+        os.write(write_end, name.encode())
+        time.sleep(60)
+        os._exit(1)
+    os.close(write_end)
+    name = os.read(read_end, 200).decode()
+    os.close(read_end)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return name
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    stale = _killed_creator_segment()
+    assert (SHM_DIR / stale).exists()
+    live = SHM_DIR / segment_name(os.getpid(), "livetest")  # a creator that is alive: must be left alone
+    live.write_bytes(b"")
+    out = str(tmp_path_factory.mktemp("allreduce") / "rank0.json")
+    try:
+        mp.spawn(_rank_main, args=(_free_port(), out), nprocs=WORLD)
+        seen = json.loads(Path(out).read_text())
+        seen["stale_left"] = (SHM_DIR / stale).exists()
+        seen["live_left"] = live.exists()
+        yield seen
+    finally:
+        live.unlink(missing_ok=True)
+        (SHM_DIR / stale).unlink(missing_ok=True)
+
+
+def test_equals_gloo_and_is_bit_identical_across_ranks(pair: dict[str, Any]) -> None:
+    assert pair["raw_max_abs_diff"] < 1e-6
+    assert pair["raw_bit_identical"]
+
+
+def test_ddp_hook_with_several_buckets_matches_default_all_reduce(pair: dict[str, Any]) -> None:
+    assert pair["calls_per_step"] >= 3  # the hook really ran once per bucket
+    assert pair["ddp_max_abs_diff"] < 1e-6
+    assert pair["ddp_bit_identical"]
+
+
+def test_no_segment_name_exists_after_setup_or_after_exit(pair: dict[str, Any]) -> None:
+    ours = f"{PREFIX}{pair['rank0_pid']}-"
+    assert not [n for n in pair["names_after_setup"] + pair["names_while_training"] if n.startswith(ours)]
+    assert _names_of(pair["rank0_pid"]) == []
+
+
+def test_stale_segment_of_a_killed_process_is_removed_by_the_next_run(pair: dict[str, Any]) -> None:
+    assert not pair["stale_left"]
+    assert pair["live_left"]
+
+
+def test_dead_peer_raises_instead_of_hanging(pair: dict[str, Any]) -> None:
+    assert "has exited" in pair["dead_peer"]
+    assert pair["dead_peer_s"] < 5
+
+
+def test_world_size_one_keeps_the_default_all_reduce() -> None:
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        model = DistributedDataParallel(build_model(ModelConfig(), seed=0))
+        assert enable_shm_allreduce(model) is None
+        assert enable_shm_allreduce(build_model(ModelConfig(), seed=0)) is None  # not DDP-wrapped
+        before = [p.detach().clone() for p in model.parameters()]
+        _train(model, 1, 0)
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    finally:
+        dist.destroy_process_group()

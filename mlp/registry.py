@@ -498,7 +498,7 @@ def _read_moves(folder: Location) -> list[dict[str, str]]:
             move = json.loads(line)
         except ValueError:
             continue
-        if isinstance(move, dict) and is_version_number(str(move.get("from"))) and is_version_number(str(move.get("to"))):
+        if isinstance(move, dict) and all(is_version_number(str(move.get(key))) for key in ("from", "to")):
             moves.append(move)
     return moves
 
@@ -517,7 +517,10 @@ def _move_latest(folder: Location, version: str, how: str) -> Optional[str]:
     is logged, not raised. Two writers moving ``latest`` at the same moment may lose one line.
     """
     pointer = folder / LATEST
-    was = _read_pointer(pointer)
+    try:
+        was = _read_pointer(pointer)
+    except RegistryError:  # a damaged pointer is what this write repairs; there is no move to record
+        was = None
     pointer.write_text(f"{version}\n")
     if was is not None and is_version_number(was) and was != version:
         try:

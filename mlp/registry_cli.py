@@ -68,7 +68,10 @@ def cmd_show(reg: RegistryConfig, args: argparse.Namespace) -> None:
 
 
 def cmd_promote(reg: RegistryConfig, args: argparse.Namespace) -> None:
-    was = registry.read_latest(reg.path, reg.model_name)
+    try:
+        was = registry.read_latest(reg.path, reg.model_name)
+    except registry.RegistryError:  # a damaged pointer: the promotion rewrites it
+        was = "unreadable"
     source = Location.of(args.checkpoint).uri  # a local path made absolute: provenance must say which folder
     with tempfile.TemporaryDirectory(prefix="mlp-promote-") as scratch:
         folder = _checkpoint_here(source, Path(scratch))

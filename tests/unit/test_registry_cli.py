@@ -171,6 +171,16 @@ def test_rollback_refuses_when_latest_was_moved_by_hand(root: str, checkpoints: 
     assert registry.read_latest(root, "mlp") == "v1"
 
 
+def test_promote_repairs_a_damaged_latest_pointer(root: str, checkpoints: list[Path], capsys) -> None:
+    output(capsys, root, "promote", str(checkpoints[0]))
+    (Location.of(root) / "mlp" / "latest").write_text("../../etc\n")
+    assert cli(root, "list") == 2
+    assert "mlp/latest should hold a version name" in capsys.readouterr().err
+    assert "(latest: unreadable -> v2)" in output(capsys, root, "promote", str(checkpoints[1]))
+    assert registry.read_latest(root, "mlp") == "v2" and registry.read_history(root, "mlp") == []
+    assert same_weights(registry.resolve_version(root, "mlp"), checkpoints[1])
+
+
 @pytest.mark.parametrize("args, says", [
     (["show", "v9"], "versions: v1, v2"),
     (["show", "nope"], "no alias 'nope'"),

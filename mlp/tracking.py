@@ -117,7 +117,7 @@ def write_growing(target: Location, data: bytes) -> None:
     tail is appended (a reader holding the file open keeps reading where it was);
     otherwise, and on object stores (which have no append), the file is replaced whole.
     """
-    fs, path = resolve(target.uri)
+    _, path = resolve(target.uri)
     if target.is_local and os.path.isfile(path):
         with open(path, "rb") as current:
             old = current.read()

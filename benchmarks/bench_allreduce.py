@@ -11,7 +11,8 @@ torch thread each, as Ray Train's workers run) measure, in one run:
 (b) the shared-memory all-reduce of the same tensor: median and p90 per call;
 (c) a full DDP training step of the real model (``mlp.model.build_model``, 32
     samples per worker, synthetic data) with DDP's default all-reduce and with
-    ``shm_allreduce_hook``, run in alternating blocks; steps/s.
+    ``shm_allreduce_hook``, in alternating blocks (``--rounds`` pairs of
+    ``--steps`` steps); mean and median seconds per step, steps/s.
 
 The peer is one process stepping the same model at batch 64 (the same global
 batch, so the same number of steps per epoch), measured before and after the
@@ -91,17 +92,24 @@ def make_ddp(hook: str) -> tuple[DistributedDataParallel, torch.optim.Optimizer,
 
 
 def ddp_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> float:
-    """Train one step per batch on this rank's share; returns the seconds taken."""
+              batches: list[tuple[torch.Tensor, torch.Tensor]], rank: int, world: int) -> list[float]:
+    """Train one step per batch on this rank's share; returns the seconds of each step."""
     share = GLOBAL_BATCH // world
     dist.barrier()
-    started = time.perf_counter()
+    times = []
     for x, y in batches:
+        started = time.perf_counter()
         xs, ys = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(xs), ys).backward()
         optimizer.step()
-    return time.perf_counter() - started
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def step_stats(times: list[float]) -> dict[str, float]:
+    """Mean (what an epoch costs) and median (robust to a neighbour taking the core) seconds per step."""
+    return {"mean_s": statistics.mean(times), "median_s": statistics.median(times)}
 
 
 def flat_weights(model: torch.nn.Module) -> torch.Tensor:
@@ -137,14 +145,17 @@ def worker(rank: int, world: int, port: int, variant: str, args: argparse.Namesp
 
         batches = synthetic_batches(args.steps)
         runs: dict[str, list[float]] = {"default": [], "shm": []}
-        for hook in ("default", "shm", "default", "shm"):  # alternating blocks: drift hits both alike
+        blocks: dict[str, list[float]] = {"default": [], "shm": []}
+        for hook in ("default", "shm") * args.rounds:  # alternating blocks: drift hits both alike
             model, optimizer, state = make_ddp(hook)
             ddp_steps(model, optimizer, batches[:20], rank, world)  # warm-up
-            runs[hook].append(ddp_steps(model, optimizer, batches, rank, world) / len(batches))
+            times = ddp_steps(model, optimizer, batches, rank, world)
+            runs[hook] += times
+            blocks[hook].append(statistics.mean(times))
             if state is not None:
                 state.close()
-        result["ddp_step_s"] = {hook: statistics.mean(v) for hook, v in runs.items()}
-        result["ddp_step_s_blocks"] = runs
+        result["ddp_step"] = {hook: step_stats(v) for hook, v in runs.items()}
+        result["ddp_step_s_blocks"] = blocks
 
         exact = synthetic_batches(args.exact_steps)
         weights = {}
@@ -173,8 +184,8 @@ def run_pair(variant: str, args: argparse.Namespace) -> dict[str, Any]:
         return json.loads(Path(out).read_text())
 
 
-def single_process_step(steps: int) -> float:
-    """The peer: one process, one thread, batch 64: seconds per step."""
+def single_process_step(steps: int) -> list[float]:
+    """The peer: one process, one thread, batch 64: seconds of each step."""
     torch.set_num_threads(1)
     model = build_model(ModelConfig(), seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -183,50 +194,60 @@ def single_process_step(steps: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    started = time.perf_counter()
+    times = []
     for x, y in batches:
+        started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    return (time.perf_counter() - started) / steps
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=2000, help="all-reduce calls timed per variant")
-    parser.add_argument("--steps", type=int, default=600, help="training steps per timed DDP block (4 blocks)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps per timed DDP block")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating default/shm block pairs")
     parser.add_argument("--exact-steps", type=int, default=200, help="steps before comparing weights")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     started = time.perf_counter()
-    single_before = single_process_step(args.steps)
+    single_before = single_process_step(args.steps * args.rounds)
     lws = run_pair("local_world_size", args)
     main_pair = run_pair("main", args)
-    single_after = single_process_step(args.steps)
+    single_after = single_process_step(args.steps * args.rounds)
     load_after = os.getloadavg()
-    single = (single_before + single_after) / 2
+    single_stats = step_stats(single_before + single_after)
+    single = single_stats["mean_s"]
+    single_before_s, single_after_s = statistics.mean(single_before), statistics.mean(single_after)
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     load = f"{load_before[0]:.2f} -> {load_after[0]:.2f}"
     gloo, gloo_lws, shm = main_pair["gloo"], lws["gloo"], main_pair["shm"]
-    default_s, shm_s = main_pair["ddp_step_s"]["default"], main_pair["ddp_step_s"]["shm"]
+    default, shm_step = main_pair["ddp_step"]["default"], main_pair["ddp_step"]["shm"]
+    default_s, shm_s = default["mean_s"], shm_step["mean_s"]
     rows = [
-        {"figure": "all-reduce 79,510 float32, gloo, median us", "value": gloo["median_us"], "p90": gloo["p90_us"]},
+        {"figure": "all-reduce 79,510 float32, gloo, median us", "value": gloo["median_us"], "median": gloo["median_us"],
+         "p90": gloo["p90_us"]},
         {"figure": "all-reduce 79,510 float32, gloo with LOCAL_WORLD_SIZE=2, median us",
-         "value": gloo_lws["median_us"], "p90": gloo_lws["p90_us"], "peer": "gloo", "peer_value": gloo["median_us"],
+         "value": gloo_lws["median_us"], "median": gloo_lws["median_us"], "p90": gloo_lws["p90_us"], "peer": "gloo", "peer_value": gloo["median_us"],
          "ratio": gloo_lws["median_us"] / gloo["median_us"]},
         {"figure": "all-reduce 79,510 float32, shared memory, median us", "value": shm["median_us"],
-         "p90": shm["p90_us"], "peer": "gloo", "peer_value": gloo["median_us"],
+         "median": shm["median_us"], "p90": shm["p90_us"], "peer": "gloo", "peer_value": gloo["median_us"],
          "ratio": shm["median_us"] / gloo["median_us"]},
-        {"figure": "DDP step, 2 workers x 32, default all-reduce, ms", "value": default_s * 1e3,
-         "steps_per_s": 1 / default_s, "peer": "1 process, batch 64", "peer_value": single * 1e3,
-         "ratio": default_s / single},
-        {"figure": "DDP step, 2 workers x 32, shared-memory hook, ms", "value": shm_s * 1e3,
-         "steps_per_s": 1 / shm_s, "peer": "1 process, batch 64", "peer_value": single * 1e3,
-         "ratio": shm_s / single},
-        {"figure": "1 process, batch 64, ms per step (before / after)", "value": single * 1e3,
-         "before": single_before * 1e3, "after": single_after * 1e3, "steps_per_s": 1 / single},
+        {"figure": "DDP step, 2 workers x 32, default all-reduce, mean ms", "value": default_s * 1e3,
+         "median": default["median_s"] * 1e3, "steps_per_s": 1 / default_s, "peer": "1 process, batch 64",
+         "peer_value": single * 1e3, "ratio": default_s / single},
+        {"figure": "DDP step, 2 workers x 32, shared-memory hook, mean ms", "value": shm_s * 1e3,
+         "median": shm_step["median_s"] * 1e3, "steps_per_s": 1 / shm_s, "peer": "1 process, batch 64",
+         "peer_value": single * 1e3, "ratio": shm_s / single},
+        {"figure": "DDP step, shared-memory hook vs default all-reduce, mean", "value": shm_s * 1e3,
+         "peer": "default all-reduce", "peer_value": default_s * 1e3, "ratio": shm_s / default_s},
+        {"figure": "1 process, batch 64, mean ms per step", "value": single * 1e3,
+         "median": single_stats["median_s"] * 1e3, "before": single_before_s * 1e3, "after": single_after_s * 1e3,
+         "steps_per_s": 1 / single},
     ]
     exact = {"raw": main_pair["raw_exact"], "ddp_steps": args.exact_steps,
              "ddp_max_abs_diff_shm_vs_default": main_pair["ddp_max_abs_diff"],
@@ -234,7 +255,7 @@ def main() -> None:
              "shm_bit_identical_across_ranks": main_pair["shm_bit_identical_across_ranks"],
              "default_bit_identical_across_ranks": main_pair["default_bit_identical_across_ranks"]}
     report = {"machine": machine, "load_average_1m": load, "command": "python benchmarks/bench_allreduce.py "
-              f"--iters {args.iters} --steps {args.steps} --exact-steps {args.exact_steps}",
+              f"--iters {args.iters} --steps {args.steps} --rounds {args.rounds} --exact-steps {args.exact_steps}",
               "wall_s": time.perf_counter() - started, "rows": rows, "exactness": exact,
               "ddp_step_s_blocks": main_pair["ddp_step_s_blocks"]}
     RESULTS.mkdir(exist_ok=True)
@@ -244,9 +265,11 @@ def main() -> None:
         return "" if v is None else f"{v:,.{digits}f}"
 
     lines = [f"`{report['command']}` on {machine}; load average (1 min) {load}; {report['wall_s']:.0f} s.", "",
-             "| figure | value | p90 | steps/s | peer | peer value | ratio |", "|---|---|---|---|---|---|---|"]
+             "| figure | value | median | p90 | steps/s | peer | peer value | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['figure']} | {fmt(r['value'])} | {fmt(r.get('p90'))} | {fmt(r.get('steps_per_s'), 0)} "
+        lines.append(f"| {r['figure']} | {fmt(r['value'])} | {fmt(r.get('median'))} | {fmt(r.get('p90'))} "
+                     f"| {fmt(r.get('steps_per_s'), 0)} "
                      f"| {r.get('peer', '')} | {fmt(r.get('peer_value'))} | "
                      f"{fmt(r.get('ratio'))}{'x' if 'ratio' in r else ''} |")
     lines += ["", (f"Projected epoch ({STEPS_PER_EPOCH} steps at global batch 64): 1 process "

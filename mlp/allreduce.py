@@ -132,6 +132,7 @@ class ShmAllreduce:
         header = world * _LINE
         self._slots = [[raw[header + (parity * world + r) * capacity:][:capacity] for r in range(world)]
                        for parity in (0, 1)]
+        self._view_cache: dict[tuple[int, torch.dtype, tuple[int, ...]], list[torch.Tensor]] = {}
 
     @staticmethod
     def size_for(world: int, capacity: int) -> int:
@@ -152,20 +153,27 @@ class ShmAllreduce:
             raise ValueError(f"tensor of {tensor.numel() * tensor.element_size()} bytes on {tensor.device} "
                              f"does not fit the {self.capacity}-byte shared slots")
         self.seq += 1
-        slots = self._slots[self.seq & 1]
-        nbytes = tensor.numel() * tensor.element_size()
-        views = [slot[:nbytes].view(tensor.dtype).view(tensor.shape) for slot in slots]
-        flat_in = tensor
+        views = self._views(self.seq & 1, tensor)
         if average:
-            torch.div(flat_in, self.world, out=views[self.rank])
+            torch.div(tensor, self.world, out=views[self.rank])
         else:
-            views[self.rank].copy_(flat_in)
+            views[self.rank].copy_(tensor)
         self._counters[self.rank * (_LINE // 8)] = self.seq  # publish: after the data, in program order
         self._wait_for_all(self.seq)
         torch.add(views[0], views[1], out=tensor)
         for view in views[2:]:
             tensor.add_(view)
         return tensor
+
+    def _views(self, parity: int, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's slot as a tensor shaped like ``tensor``, cached: making them costs ~15 us a call."""
+        key = (parity, tensor.dtype, tuple(tensor.shape))
+        views = self._view_cache.get(key)
+        if views is None:
+            nbytes = tensor.numel() * tensor.element_size()
+            views = [slot[:nbytes].view(tensor.dtype).view(tensor.shape) for slot in self._slots[parity]]
+            self._view_cache[key] = views
+        return views
 
     def _wait_for_all(self, seq: int) -> None:
         """Spin briefly, then yield, then sleep ever longer, until every rank has published ``seq``.
@@ -207,7 +215,7 @@ class ShmAllreduce:
         if self._mapping.closed:
             return
         self._counters.release()
-        self._slots = []
+        self._slots, self._view_cache = [], {}
         try:
             self._mapping.close()
         except BufferError:  # a caller still holds a view of a slot; the mapping goes with the process

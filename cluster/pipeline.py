@@ -97,8 +97,8 @@ def verify_and_report(cfg: Config, args: Any, stages: Any, summary: dict[str, An
     verification, latencies, rollback, code = None, [], None, 0
     if url is not None:
         with stages.run("verify") as stage:
-            version_dir = ModelSource.from_config(cfg).resolve()
-            result = verify_endpoint(url, version_dir, cfg.data.dir, batch_size=args.verify_batch_size)
+            result = verify_endpoint(url, ModelSource.from_config(cfg), cfg.data.dir,
+                                     batch_size=args.verify_batch_size)
             verification, latencies = result.to_dict(), result.latencies_ms
             print(f"served accuracy {result.served_accuracy:.4f}, offline {result.offline_accuracy:.4f} on "
                   f"{result.images} test images; {len(result.mismatches)} predictions differ; "

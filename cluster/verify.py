@@ -19,14 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Optional, Union
 
 import httpx
 import numpy as np
 
 from mlp.config import DataConfig
 from serve.client import predict_json
-from serve.predictor import Predictor, load_predictor
+from serve.predictor import ModelSource, Predictor, load_predictor
 
 TIE_TOLERANCE = 1e-5  # offline probabilities closer than this are a tie: either label is right
 
@@ -34,10 +34,11 @@ TIE_TOLERANCE = 1e-5  # offline probabilities closer than this are a tie: either
 class Progress:
     """A one-line progress bar on a terminal; on a log (CI, ``ray job logs``) a line every 10%."""
 
-    def __init__(self, total: int, label: str, stream: IO[str] = sys.stderr, width: int = 30) -> None:
-        self.total, self.label, self.stream, self.width = total, label, stream, width
+    def __init__(self, total: int, label: str, stream: Optional[IO[str]] = None, width: int = 30) -> None:
+        self.total, self.label, self.width = total, label, width
+        self.stream = stream or sys.stderr  # looked up now: sys.stderr may have been replaced since import
         self.done, self.started, self.lock = 0, time.perf_counter(), threading.Lock()
-        self.live = bool(getattr(stream, "isatty", lambda: False)())
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
         self.next_tenth = 1
 
     def advance(self, n: int) -> None:
@@ -112,11 +113,12 @@ def load_test_set(predictor: Predictor, data_dir: Optional[str]) -> tuple[np.nda
     return x.numpy(), y.numpy()
 
 
-def verify_endpoint(url: str, version_dir: Path, data_dir: Optional[str] = None, batch_size: int = 64,
-                    concurrency: int = 4, timeout_s: float = 60.0,
+def verify_endpoint(url: str, source: Union[ModelSource, Path], data_dir: Optional[str] = None,
+                    batch_size: int = 64, concurrency: int = 4, timeout_s: float = 60.0,
                     progress: Optional[Progress] = None) -> Verification:
-    """Score ``url`` on the whole test set and compare with ``version_dir`` loaded offline."""
-    offline = load_predictor(version_dir)
+    """Score ``url`` on the whole test set and compare with ``source`` (the registry version the
+    endpoint should serve, or a checkpoint folder) loaded offline."""
+    offline = load_predictor(source)
     x, y = load_test_set(offline, data_dir)
     expected = offline.predict_proba(x)
     served = np.zeros_like(expected)

@@ -158,6 +158,6 @@ def test_app_args_become_the_typed_config(tmp_path: Path):
     assert http_options(cfg.serve)["host"] == "127.0.0.1"
     assert "autoscaling_config" in deployment_options(config_from_app_args({}).serve)
     with pytest.raises(ConfigError, match="serve.version"):
-        config_from_app_args({"serve.version": "newest"})
+        config_from_app_args({"serve.version": "9lives"})
     with pytest.raises(ConfigError, match="port"):
         config_from_app_args({"port": 1})

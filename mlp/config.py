@@ -127,6 +127,11 @@ class ScalingConfig:
     num_workers: int = field(default=1, metadata=_help("data-parallel training workers"))
     use_gpu: bool = field(default=False, metadata=_help("one GPU per worker (NCCL backend)"))
     cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved by each worker"))
+    shared_memory_allreduce: bool = field(
+        default=True,
+        metadata=_help("CPU workers on one machine sum gradients through shared memory instead of gloo's "
+                       "loopback TCP (exact, same result; gloo is kept across machines)"),
+    )
     placement_strategy: str = field(
         default="PACK",
         metadata=_help("where workers go, in Ray's terms: PACK (fewest nodes) | SPREAD (across nodes) | "

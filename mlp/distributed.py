@@ -77,6 +77,10 @@ def train_worker(config: dict[str, Any]) -> None:
         model, optimizer, data, state = prepare(cfg, device)
     # Wraps in DDP only when world > 1; moves to the worker's GPU when use_gpu.
     model = ray.train.torch.prepare_model(model, move_to_device=device)
+    if world > 1 and device.type == "cpu" and cfg.scaling.shared_memory_allreduce:
+        from mlp.allreduce import enable_shm_allreduce
+
+        enable_shm_allreduce(model)  # every rank calls it; ranks on different machines keep gloo's all-reduce
     node = node_of_this_process()
     files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
 

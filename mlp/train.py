@@ -4,7 +4,8 @@ The driver validates the config, joins (or starts) a Ray cluster, takes the
 run (``mlp.runfiles``: a resumed run waits until a previous attempt's processes
 are gone), runs the ``TorchTrainer`` from ``mlp.distributed``, evaluates the
 final checkpoint once on the test set, and writes ``summary.json`` beside
-``metrics.jsonl`` in the run folder on the run's storage. ``--promote`` copies
+``metrics.jsonl`` in the run folder on the run's storage, with ``report.md``
+and ``learning_curves.png`` (``mlp.report``). ``--promote`` copies
 the result into the model registry. With ``--track.mlflow`` the driver starts
 (or, on resume, continues) the run's MLflow run, which ``RunRecorder`` fills
 live, and closes it with the test metrics, the model and its registry version.
@@ -25,6 +26,7 @@ from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
 from mlp.distributed import build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate
+from mlp.report import write_run_report
 from mlp.preflight import check_cluster
 from mlp.runfiles import RunFiles
 
@@ -78,12 +80,13 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
         raise RuntimeError(f"run {cfg.run.name} reported no checkpoint; see {files.dir}")
     with result.checkpoint.as_directory() as folder:
         state = read_state(folder)
+        history = state.get("history") or []
         test = evaluate_checkpoint(folder)
         summary = {
             "run_name": cfg.run.name, "dataset": cfg.data.dataset, "epochs": state.get("epoch"),
             "num_workers": cfg.scaling.num_workers, **test,
             "best_val_accuracy": state.get("best_val_accuracy"),
-            "final_val_accuracy": (state.get("history") or [{}])[-1].get("val_accuracy"),
+            "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
             "train_seconds": state.get("elapsed_s"), "wall_seconds": time.perf_counter() - started,
             "target_accuracy": cfg.train.target_accuracy, "time_to_target_s": state.get("time_to_target_s"),
             "checkpoint": checkpoint_uri(result.checkpoint), "ranks": files.read_ranks(),
@@ -93,10 +96,11 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
                                        registry.make_provenance(cfg, result.checkpoint.path))
             summary["promoted"] = str(version)
         if cfg.track.tensorboard:  # the controller wrote it live; this only completes a file it could not
-            tracking.write_tensorboard(files.dir, str(cfg.run.name), state.get("history") or [])
+            tracking.write_tensorboard(files.dir, str(cfg.run.name), history)
         if mlflow_run is not None:
-            tracking.finish_run(mlflow_run, state.get("history") or [], test, folder, summary.get("promoted"))
+            tracking.finish_run(mlflow_run, history, test, folder, summary.get("promoted"))
             summary["mlflow_run_id"] = mlflow_run.run_id
+    summary["report"] = str(write_run_report(files.dir, cfg.to_dict(), summary, history, summary["ranks"]))
     files.write_summary(summary)
     return summary
 
@@ -123,6 +127,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"checkpoint: {summary['checkpoint']}")
     if "promoted" in summary:
         print(f"promoted to {summary['promoted']}")
+    if summary.get("report"):
+        print(f"report: {summary['report']} (with learning_curves.png)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

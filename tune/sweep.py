@@ -256,9 +256,10 @@ def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: boo
         "wall_seconds": wall, "best": best, "promoted": promoted,
         "files": [str(p) for p in (csv_path, json_path, *pngs)],
     }
+    summary["report"] = str(report.write_sweep_report(path, cfg.to_dict(), rows, dims, summary, pngs))
     (path / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     print(f"\n{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errors']} failed) "
-          f"in {wall:.1f}s; table and plots in {path}")
+          f"in {wall:.1f}s; table and plots in {path}; report: {summary['report']}")
     if promoted:
         print(f"best trial {promoted['trial_id']}: val accuracy {promoted['best_val_accuracy']:.4f}, "
               f"test accuracy {promoted['test_accuracy']:.4f}; promoted to {promoted['registry_dir']}")

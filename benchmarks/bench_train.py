@@ -2,8 +2,9 @@
 
     python benchmarks/bench_train.py [--epochs 3] [--dataset fashion-mnist]
 
-Rows: 1 worker and 2 workers at global batch 64, and 2 workers at a larger
-global batch, each against the plain loop at the same batch size.
+Rows: 1 worker and 2 workers at global batch 64 (2 workers twice: gradients
+summed through shared memory, the default, and through gloo), and 2 workers
+at a larger global batch, each against the plain loop at the same batch size.
 
 The peer is the loop a user would write without Ray (same tensors, batch 64,
 one torch thread): the practical limit for this model on a CPU. The Ray
@@ -61,11 +62,12 @@ def plain_loop(dataset: str, epochs: int, batch_size: int) -> dict:
     return {"epoch_s": epoch_s, "samples_per_s": len(data.train_x) / epoch_s}
 
 
-def ray_train(dataset: str, epochs: int, workers: int, batch_size: int) -> dict:
+def ray_train(dataset: str, epochs: int, workers: int, batch_size: int, shm: bool = True) -> dict:
     """``mlp-train`` as a user runs it, timed from the outside."""
     with tempfile.TemporaryDirectory() as storage:
         argv = [sys.executable, "-m", "mlp.train", "--data.dataset", dataset, "--train.epochs", str(epochs),
                 "--scaling.num_workers", str(workers), "--train.batch_size", str(batch_size),
+                *([] if shm else ["--scaling.shared_memory_allreduce", "false"]),
                 "--run.name", "bench", "--run.storage_path", storage]
         started = time.time()
         proc = subprocess.run(argv, capture_output=True, text=True)
@@ -93,11 +95,13 @@ def main() -> None:
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     rows = []
-    for workers, batch in ((1, args.batch_size), (2, args.batch_size), (2, args.large_batch)):
+    cases = ((1, args.batch_size, True), (2, args.batch_size, True), (2, args.batch_size, False),
+             (2, args.large_batch, True))
+    for workers, batch, shm in cases:
         # The peer runs right before and right after each Ray run and the two are averaged:
         # on a shared machine the speed drifts within minutes, and a peer measured once drifts with it.
         before = plain_loop(args.dataset, args.epochs, batch)
-        ray = ray_train(args.dataset, args.epochs, workers, batch)
+        ray = ray_train(args.dataset, args.epochs, workers, batch, shm)
         after = plain_loop(args.dataset, args.epochs, batch)
         peer = {k: (before[k] + after[k]) / 2 for k in before}
         print(f"plain loop, batch {batch}: {before['epoch_s']:.2f} / {after['epoch_s']:.2f} s/epoch "
@@ -107,15 +111,17 @@ def main() -> None:
               f"({ratio:.2f}x plain), {ray['samples_per_s']:,.0f} samples/s, "
               f"fixed overhead {ray['fixed_overhead_s']:.1f} s, tail {ray['tail_s']:.1f} s", flush=True)
         rows.append({"machine": machine, "command": ray["command"], "workers": workers, "batch_size": batch,
+                     "allreduce": ("shared memory" if shm else "gloo") if workers > 1 else "-",
                      "figure": "epoch_s", "value": ray["epoch_s"], "peer": f"plain PyTorch loop, batch {batch}",
                      "peer_value": peer["epoch_s"], "ratio": ratio, "samples_per_s": ray["samples_per_s"],
                      "peer_samples_per_s": peer["samples_per_s"], "fixed_overhead_s": ray["fixed_overhead_s"],
                      "tail_s": ray["tail_s"], "wall_s": ray["wall_s"]})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(rows, indent=2))
-    table = ["| machine | command | workers | global batch | epoch s | plain loop epoch s | ratio | samples/s "
-             "| fixed overhead s | tail s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["| machine | command | workers | global batch | all-reduce | epoch s | plain loop epoch s | ratio "
+             "| samples/s | fixed overhead s | tail s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['machine']} | `{r['command'].split(' --run.name')[0]}` | {r['workers']} | {r['batch_size']} "
+              f"| {r['allreduce']} "
               f"| {r['value']:.2f} | {r['peer_value']:.2f} | "
               f"{r['ratio']:.2f}x | {r['samples_per_s']:,.0f} | {r['fixed_overhead_s']:.1f} | {r['tail_s']:.1f} |"
               for r in rows]

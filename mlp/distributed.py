@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from typing import Any, Callable, Optional
@@ -207,4 +208,35 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         ray.init()
         return
     rayenv.apply_cluster_env()  # read by the raylet and workers of the cluster ray.init may start here
-    ray.init(num_cpus=num_cpus) if num_cpus is not None else ray.init()
+    address = None  # join a cluster `ray start` left on this machine, if any
+    if (stale := stale_local_cluster()) is not None:
+        print(f"ignoring {stale}; starting a local Ray cluster", flush=True)
+        address = "local"
+    ray.init(address=address, num_cpus=num_cpus) if num_cpus is not None else ray.init(address=address)
+
+
+def stale_local_cluster() -> Optional[str]:
+    """A sentence naming the dead cluster in Ray's "current cluster" file, or None.
+
+    ``ray.init()`` with no address joins the cluster that ``ray start`` recorded in
+    ``<ray temp dir>/ray_current_cluster``. A head that died without ``ray stop``
+    leaves that file behind, and ``ray.init()`` then waits minutes for a GCS that
+    will never answer; one TCP connect (1 s at most) tells the two cases apart.
+    """
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        path = get_ray_address_file(None)
+    except ImportError:  # the module moved: Ray's documented default place
+        path = "/tmp/ray/ray_current_cluster"
+    try:
+        with open(path) as handle:
+            address = handle.read().strip()
+    except OSError:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return None
+    except (OSError, ValueError):
+        return f"the Ray cluster address {address} in {path} (nothing answers there)"

@@ -159,20 +159,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
     if args.no_serve:
         return verify_and_report(cfg, args, stages, summaries[0], None)
-    from serve.__main__ import DeployFailed, deploy, serve_until_interrupted
+    from serve.__main__ import deploy_command, serve_until_interrupted
     from serve.predictor import ModelSource
 
     ModelSource.from_config(cfg).resolve()  # the promotion above must have produced a servable model
-    urls: list[str] = []
-    try:
-        with stages.run("deploy"):
-            code = run_command(parser.prog, lambda: urls.append(deploy(cfg)))
-    except DeployFailed as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+    with stages.run("deploy") as stage:
+        code, url = deploy_command(parser.prog, cfg)
+        stage.outcome = "failed" if code else "ok"
     if code:
         return code
-    url = urls[0]
     print(f"serving the promoted model at {url}: curl -s {url}/model ; POST {url}/predict", flush=True)
     code = verify_and_report(cfg, args, stages, summaries[0], url)
     if code or args.stop_after_verify:

@@ -49,11 +49,14 @@ class StageLog:
         number = self.names.index(name) + 1
         print(f"[pipeline {number}/{len(self.names)}] {name} ...", flush=True)
         began = time.perf_counter()
-        stage.outcome = "failed"
+        stage.outcome = "running"  # the body may set its own verdict ("FAILED", "failed")
         try:
             yield stage
-            if stage.outcome == "failed":
+            if stage.outcome == "running":
                 stage.outcome = "ok"
+        except BaseException:
+            stage.outcome = "failed"
+            raise
         finally:
             stage.seconds = time.perf_counter() - began
             print(f"[pipeline {number}/{len(self.names)}] {name} {stage.outcome} in {stage.seconds:.1f}s "

@@ -44,6 +44,8 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from mlp.procs import pid_alive
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "mlp-allreduce-"
 _LINE = 64  # bytes per rank counter: one cache line each, so ranks do not share a line while spinning
@@ -58,21 +60,6 @@ def segment_name(pid: int, token: str) -> str:
     return f"{PREFIX}{pid}-{token}"
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs; an exited process its parent has not reaped yet (a zombie) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")  # the state letter follows "(comm) "
-
-
 def remove_stale_segments(directory: Path = SHM_DIR) -> list[str]:
     """Unlink segment names whose creator process is gone; returns the names removed.
 
@@ -85,7 +72,7 @@ def remove_stale_segments(directory: Path = SHM_DIR) -> list[str]:
             pid = int(path.name[len(PREFIX):].split("-", 1)[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             try:
                 path.unlink()
                 removed.append(path.name)
@@ -204,7 +191,7 @@ class ShmAllreduce:
                     os.sched_yield()
                 if now - checked > _CHECK_EVERY_S:
                     checked = now
-                    if not _pid_alive(self.pids[r]):
+                    if not pid_alive(self.pids[r]):
                         raise RuntimeError(f"shared-memory all-reduce: rank {r} (pid {self.pids[r]}) has exited")
                     if now - started > self.timeout_s:
                         raise TimeoutError(f"shared-memory all-reduce: rank {r} did not arrive at call {seq} "

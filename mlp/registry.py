@@ -51,6 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from mlp.config import VERSION_NAME, Config
+from mlp.procs import pid_alive
 from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path, normalize
 
 log = logging.getLogger(__name__)
@@ -367,23 +368,13 @@ def remove_abandoned_staging(model_folder: Path, now: Optional[float] = None) ->
         except FileNotFoundError:  # another promoter tidied it first
             continue
         here = match is not None and match["host"] == socket.gethostname()
-        abandoned = not _pid_alive(int(match["pid"])) if here else age > STAGING_MAX_AGE_S
+        abandoned = not pid_alive(int(match["pid"])) if here else age > STAGING_MAX_AGE_S
         if abandoned:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     if removed:
         log.info("removed %d abandoned promotion folder(s) in %s: %s", len(removed), model_folder, removed)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
 
 
 def _promote_remote(folder: Location, source: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> int:

@@ -47,6 +47,20 @@ def deploy(cfg: Config) -> str:
     return f"http://{cfg.serve.host}:{cfg.serve.port}"
 
 
+def deploy_command(prog: str, cfg: Config) -> tuple[int, str]:
+    """``deploy`` as a command's step: (0, url), or (exit code, "") after one stderr line.
+
+    A failed preflight exits 2 (``run_command``); no replica able to start exits 1 with the replicas' reason.
+    """
+    urls: list[str] = []
+    try:
+        code = run_command(prog, lambda: urls.append(deploy(cfg)))
+    except DeployFailed as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1, ""
+    return code, urls[0] if urls else ""
+
+
 class DeployFailed(RuntimeError):
     """No replica could start (e.g. none could load the model); the message carries the replicas' reason."""
 
@@ -78,15 +92,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"python -m serve: {err}", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    urls: list[str] = []
-    try:
-        code = run_command(parser.prog, lambda: urls.append(deploy(cfg)))  # a failed preflight exits 2
-    except DeployFailed as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 1
+    code, url = deploy_command(parser.prog, cfg)
     if code:
         return code
-    url = urls[0]
     log.info("serving %s (%s) at %s  -- docs: %s/docs, Ctrl-C to stop", source.version
              if not source.checkpoint else source.checkpoint, folder, url, url)
     serve_until_interrupted()

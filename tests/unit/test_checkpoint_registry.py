@@ -52,18 +52,6 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path, config_factory) -> N
 
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test downloads into its own cache, never into ~/.cache."""
-    monkeypatch.setenv("MLP_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return str(tmp_path / "registry") if request.param == "local" else request.getfixturevalue("s3_root")
-
-
 @pytest.fixture
 def checkpoint(tmp_path: Path, config_factory) -> Path:
     cfg = config_factory()

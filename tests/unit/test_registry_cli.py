@@ -27,18 +27,6 @@ from serve.predictor import ModelSource, load_predictor
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test downloads into its own cache, never into ~/.cache."""
-    monkeypatch.setenv("MLP_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return str(tmp_path / "registry") if request.param == "local" else request.getfixturevalue("s3_root")
-
-
 @pytest.fixture
 def checkpoints(tmp_path: Path, config_factory) -> list[Path]:
     """Two checkpoints with different weights and the test accuracy each carries in state.json."""

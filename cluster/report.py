@@ -105,7 +105,9 @@ def write_pipeline_report(folder: Location, config: dict[str, Any], stages: Stag
                           batch_size: int, url: Optional[str], rollback: Optional[str]) -> Location:
     """Write ``pipeline_report.md`` and its PNGs into ``folder``; returns the report's location."""
     lines = [f"# Pipeline `{config['run']['name']}`", "",
-             md_table(["stage", "seconds", "outcome"], [[s.name, s.seconds, s.outcome] for s in stages.stages]),
+             md_table(["stage", "seconds", "outcome"],
+                      [[s.name, s.seconds, "this file" if s.outcome == "running" else s.outcome]
+                       for s in stages.stages]),
              "", f"Total: {fmt(sum(s.seconds for s in stages.stages))} s." + (f" Endpoint: {url}" if url else ""), ""]
     promoted = summary.get("promoted")
     version = promoted.get("version") if isinstance(promoted, dict) else (str(promoted) if promoted else None)
@@ -128,6 +130,12 @@ def write_pipeline_report(folder: Location, config: dict[str, Any], stages: Stag
             lines += [md_image(LATENCY_PNG, "latency histogram of the verification pass"), ""]
     history = winner_history(folder, summary, swept)
     lines += ["## The promoted model", "", f"Registry version: `{version or '-'}`", ""]
+    if isinstance(promoted, dict):  # a sweep's winner
+        lines += [f"Trial `{promoted.get('trial_id')}`: test accuracy {fmt(promoted.get('test_accuracy'))}, "
+                  f"best validation accuracy {fmt(promoted.get('best_val_accuracy'))}, "
+                  f"hyperparameters `{json.dumps(promoted.get('hyperparameters'))}`", ""]
+    elif summary.get("test_accuracy") is not None:  # a single training run
+        lines += [f"Test accuracy {fmt(summary['test_accuracy'])} after {summary.get('epochs')} epochs", ""]
     if history:
         plot_learning_curves(history, folder / WINNER_CURVES_PNG,
                              title="winner's learning curves" if swept else "learning curves")

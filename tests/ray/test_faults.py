@@ -17,7 +17,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -44,6 +43,7 @@ from serve.app import DEPLOYMENT_NAME, build_from_config
 from serve.options import http_options
 from serve.predictor import ModelSource, load_predictor
 from tune.sweep import run_sweep
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 # ---------------------------------------------------------------- helpers
 
@@ -94,11 +94,6 @@ def pid_gone(pid: int) -> bool:
         return True
     return False
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- 1. a Ray Train worker is killed

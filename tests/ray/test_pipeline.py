@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,10 @@ from mlp.data import load_test
 from mlp.model import build_model
 from mlp.registry import read_latest, resolve_version
 from serve.predictor import load_predictor
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pipeline_args(tmp_path: Path, port: int, *extra: str) -> list[str]:

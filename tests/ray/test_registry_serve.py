@@ -11,7 +11,6 @@ version the pointer now names. Serve is shut down at the end of the module.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,16 +31,12 @@ from mlp.model import build_model
 from serve.app import build_from_config
 from serve.options import http_options
 from serve.predictor import Predictor, load_predictor
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = {"min_replicas": 1, "max_replicas": 1, "load_grace_s": 30.0}
 ROWS = torch.rand(32, 784, generator=torch.Generator().manual_seed(0))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,16 +34,12 @@ from serve import client as serve_client
 from serve.app import DEPLOYMENT_NAME, build_from_config, failure_reason
 from serve.options import ADMIN_TOKEN_ENV, http_options
 from serve.predictor import load_predictor
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 N_TEST = 1000
 SERVE = {"min_replicas": 1, "max_replicas": 1, "max_instances": 256, "max_body_bytes": 2_000_000,
          "max_image_pixels": 1_000_000}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_checkpoint(tmp: Path, seed: int, width: int) -> tuple[Path, Config]:

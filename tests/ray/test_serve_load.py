@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from mlp.model import build_model
 from mlp.registry import make_provenance, promote
 from serve.app import build_from_config
 from serve.options import http_options
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 CLIENTS = 6
 FLOOD_S = 8.0
@@ -59,11 +59,6 @@ threads = [threading.Thread(target=user) for _ in range(int(sys.argv[4]))]
 print(json.dumps(counts))
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
@@ -31,6 +30,7 @@ from mlp.model import build_model
 from mlp.registry import make_provenance, promote
 from serve.app import build_from_config
 from serve.options import http_options
+from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 MIN_CASES = 500
 HOOKS = '''
@@ -58,11 +58,6 @@ CONFIG = '''
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 '''
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

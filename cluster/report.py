@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from mlp.report import fmt, md_config, md_image, md_table, plot_learning_curves, plt, save_figure
+from mlp.report import fmt, md_config, md_image, md_table, plot_learning_curves, pyplot, save_figure
 from mlp.storage import Location
 from tune.plots import SCATTER_PNG
 
@@ -86,7 +86,7 @@ def winner_history(folder: Location, summary: dict[str, Any], swept: bool) -> li
 
 def plot_latency(latencies_ms: list[float], path: Location, images_per_request: int) -> Location:
     """Histogram of the verification requests' latencies with p50 and p99 marked."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     ax.hist(latencies_ms, bins=min(50, max(5, len(latencies_ms) // 4)), color="C0", alpha=0.8)
     for q, style in ((50, "--"), (99, ":")):
         value = float(np.percentile(latencies_ms, q))

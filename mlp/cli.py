@@ -9,12 +9,15 @@ adds its ``--section.field`` flag and its ``--help`` line.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
+import os
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, NoReturn, Optional, Sequence, Union
 
 import yaml
 
@@ -269,3 +272,28 @@ def run_command(prog: str, action: Callable[[], Any]) -> int:
         print(f"{prog}: {err}", file=sys.stderr)
         return 130
     return 0
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a console script that has finished its work, skipping the interpreter's teardown.
+
+    Why: with torch, Ray and pyarrow loaded, CPython's own finalisation (freeing
+    every module) takes 0.5-1.3 s on a 2-core node after the result is already
+    printed. Everything a normal exit does for the user still happens here, in
+    the same order: other non-daemon threads are joined, ``atexit`` handlers run
+    (Ray's shutdown and logging's flush among them), and stdout/stderr are
+    flushed; only then does ``os._exit`` end the process. Console scripts call
+    it; tests call ``main()`` and never reach it.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed, or a pipe whose reader has gone
+                pass
+        os._exit(code)

@@ -14,14 +14,13 @@ live, and closes it with the test metrics, the model and its registry version.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from mlp import registry, tracking
 from mlp.checkpoint import load_model, read_state
-from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
+from mlp.cli import RunInterrupted, exit_now, make_parser, parse_config, run_command
 from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
 from mlp.distributed import build_trainer, init_ray, with_run_name
@@ -145,5 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command(parser.prog, lambda: print_summary(run_training(cfg, promote=args.promote)))
 
 
+def cli() -> None:
+    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from mlp.report import plt, save_figure  # matplotlib with the file-only Agg backend
+from mlp.report import pyplot, save_figure  # matplotlib with the file-only Agg backend
 from mlp.storage import Location
 from tune.space import Dim
 
@@ -37,7 +37,7 @@ def _pick(dims: list[Dim], preferred: str, numeric: bool, exclude: Optional[str]
 def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Location) -> Location:
     x_dim = _pick(dims, "optim.lr", numeric=True)
     group_dim = _pick(dims, "model.hidden_sizes", numeric=False, exclude=x_dim.key if x_dim else None)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     groups: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row[group_dim.key] if group_dim else "all", []).append(row)
@@ -67,7 +67,7 @@ def plot_accuracy_vs_lr(rows: list[dict[str, Any]], dims: list[Dim], path: Locat
 
 
 def plot_learning_curves(rows: list[dict[str, Any]], dims: list[Dim], path: Location, max_epochs: int) -> Location:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for row in rows:
         curve = row["curve"]
         if not curve:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from typing import Any, Optional, Sequence
 
 from mlp import tracking
-from mlp.cli import RunInterrupted, make_parser, parse_config, run_command
+from mlp.cli import RunInterrupted, exit_now, make_parser, parse_config, run_command
 from mlp.config import Config, ConfigError
 from mlp.distributed import init_ray, with_run_name
 from mlp.preflight import check_cluster, sweep_request
@@ -295,5 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command(parser.prog, sweep)
 
 
+def cli() -> None:
+    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

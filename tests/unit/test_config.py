@@ -97,3 +97,24 @@ def test_help_explains_every_training_option() -> None:
     text = make_parser("mlp-train", "x", sections=("optim", "scaling")).format_help()
     assert "--optim.lr" in text and "SGD learning rate" in text and "(default: 0.01)" in text
     assert "--scaling.num_workers" in text
+
+
+def test_exit_now_keeps_what_a_normal_exit_does(tmp_path: Path) -> None:
+    """The console scripts' prompt exit still joins threads, runs atexit handlers and flushes output."""
+    script = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+from mlp.cli import exit_now
+atexit.register(lambda: Path({str(tmp_path / 'atexit')!r}).write_text('ran'))
+worker = threading.Thread(target=lambda: (time.sleep(0.3), Path({str(tmp_path / 'thread')!r}).write_text('done')))
+worker.start()
+sys.stdout.write('buffered, no newline')
+sys.stderr.write('to stderr')
+exit_now(3)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered, no newline"
+    assert proc.stderr == "to stderr"
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"

@@ -1,4 +1,4 @@
-"""Gloo vs the shared-memory all-reduce (``mlp.allreduce``), and what each makes of a DDP step, outside Ray.
+"""Gloo vs the shared-memory all-reduce (``mlp.allreduce``), and what each makes of a training step, outside Ray.
 
     python benchmarks/bench_allreduce.py [--iters 2000] [--steps 600] [--exact-steps 200]
 
@@ -9,16 +9,16 @@ torch thread each, as Ray Train's workers run) measure, in one run:
     ``LOCAL_WORLD_SIZE=2`` (the variable upstream gloo's reverted shared-memory
     path keyed on; a separate process pair, since it is read from the environment);
 (b) the shared-memory all-reduce of the same tensor: median and p90 per call;
-(c) a full DDP training step of the real model (``mlp.model.build_model``, 32
-    samples per worker, synthetic data) with DDP's default all-reduce and with
-    ``shm_allreduce_hook``, in alternating blocks (``--rounds`` pairs of
+(c) a full data-parallel training step of the real model (``mlp.model.build_model``,
+    32 samples per worker, synthetic data) in DDP with its default all-reduce, and
+    without DDP with ``share_gradients`` (what training uses), in alternating blocks (``--rounds`` pairs of
     ``--steps`` steps); mean and median seconds per step, steps/s.
 
 The peer is one process stepping the same model at batch 64 (the same global
 batch, so the same number of steps per epoch), measured before and after the
 two-worker runs and averaged. Exactness: from the same seed and data, the
-weights after ``--exact-steps`` steps with each hook are compared, and each
-hook's weights are compared across the two ranks bit for bit.
+weights after ``--exact-steps`` steps with each path are compared, and each
+path's weights are compared across the two ranks bit for bit.
 
 Writes ``benchmarks/results/allreduce.json`` and ``allreduce.md``. The machine's
 load average is recorded beside the figures: on a shared 2-core machine two
@@ -44,7 +44,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mlp.allreduce import ShmAllreduce, enable_shm_allreduce
+from mlp.allreduce import ShmAllreduce, share_gradients
 from mlp.config import ModelConfig
 from mlp.model import build_model
 
@@ -83,12 +83,18 @@ def time_calls(fn: Callable[[], Any], iters: int, warmup: int = 100) -> list[flo
     return times
 
 
-def make_ddp(hook: str) -> tuple[DistributedDataParallel, torch.optim.Optimizer, Any]:
-    model = DistributedDataParallel(build_model(ModelConfig(), seed=0))
-    state = enable_shm_allreduce(model) if hook == "shm" else None
-    if hook == "shm" and state is None:
-        raise RuntimeError("the shared-memory all-reduce did not enable between two local processes")
-    return model, torch.optim.SGD(model.parameters(), lr=0.01), state
+def make_ddp(hook: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """"default": the model in DDP (gloo's all-reduce); "shm": the plain model whose optimizer
+    averages gradients through shared memory (``mlp.allreduce.share_gradients``, what training uses)."""
+    if hook == "default":
+        model = DistributedDataParallel(build_model(ModelConfig(), seed=0))
+        return model, torch.optim.SGD(model.parameters(), lr=0.01), None
+    model = build_model(ModelConfig(), seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    state = share_gradients(model, optimizer)
+    if state is None:
+        raise RuntimeError("the shared-memory exchange did not enable between two local processes")
+    return model, optimizer, state
 
 
 def ddp_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -237,13 +243,13 @@ def main() -> None:
         {"figure": "all-reduce 79,510 float32, shared memory, median us", "value": shm["median_us"],
          "median": shm["median_us"], "p90": shm["p90_us"], "peer": "gloo", "peer_value": gloo["median_us"],
          "ratio": shm["median_us"] / gloo["median_us"]},
-        {"figure": "DDP step, 2 workers x 32, default all-reduce, mean ms", "value": default_s * 1e3,
+        {"figure": "step, 2 workers x 32, DDP with gloo's all-reduce, mean ms", "value": default_s * 1e3,
          "median": default["median_s"] * 1e3, "steps_per_s": 1 / default_s, "peer": "1 process, batch 64",
          "peer_value": single * 1e3, "ratio": default_s / single},
-        {"figure": "DDP step, 2 workers x 32, shared-memory hook, mean ms", "value": shm_s * 1e3,
+        {"figure": "step, 2 workers x 32, share_gradients (no DDP), mean ms", "value": shm_s * 1e3,
          "median": shm_step["median_s"] * 1e3, "steps_per_s": 1 / shm_s, "peer": "1 process, batch 64",
          "peer_value": single * 1e3, "ratio": shm_s / single},
-        {"figure": "DDP step, shared-memory hook vs default all-reduce, mean", "value": shm_s * 1e3,
+        {"figure": "step, share_gradients vs DDP with gloo, mean", "value": shm_s * 1e3,
          "peer": "default all-reduce", "peer_value": default_s * 1e3, "ratio": shm_s / default_s},
         {"figure": "1 process, batch 64, mean ms per step", "value": single * 1e3,
          "median": single_stats["median_s"] * 1e3, "before": single_before_s * 1e3, "after": single_after_s * 1e3,
@@ -277,8 +283,8 @@ def main() -> None:
               f"2 workers shared memory {STEPS_PER_EPOCH * shm_s:.2f} s."), "",
               (f"Exactness: one all-reduce, shared memory vs gloo: max abs diff "
               f"{exact['raw']['max_abs_diff_vs_gloo']:.3g}, bit-identical across ranks "
-              f"{exact['raw']['bit_identical_across_ranks']}. After {args.exact_steps} DDP steps from the same seed: "
-              f"max abs weight diff, shared-memory hook vs default {exact['ddp_max_abs_diff_shm_vs_default']:.3g} "
+              f"{exact['raw']['bit_identical_across_ranks']}. After {args.exact_steps} steps from the same seed: "
+              f"max abs weight diff, share_gradients vs DDP with gloo {exact['ddp_max_abs_diff_shm_vs_default']:.3g} "
               f"(bit-identical: {exact['ddp_bit_identical_to_default']}); weights bit-identical across ranks: "
               f"shared memory {exact['shm_bit_identical_across_ranks']}, default "
               f"{exact['default_bit_identical_across_ranks']}.")]

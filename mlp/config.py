@@ -129,8 +129,9 @@ class ScalingConfig:
     cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved by each worker"))
     shared_memory_allreduce: bool = field(
         default=True,
-        metadata=_help("CPU workers on one machine sum gradients through shared memory instead of gloo's "
-                       "loopback TCP (exact, same result; gloo is kept across machines)"),
+        metadata=_help("CPU workers on one machine average gradients through shared memory before each "
+                       "optimizer step, without DDP (exact, same result); false, or workers on several "
+                       "machines: DDP over gloo"),
     )
     placement_strategy: str = field(
         default="PACK",

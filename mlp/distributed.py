@@ -76,12 +76,18 @@ def train_worker(config: dict[str, Any]) -> None:
             print(f"resuming after epoch {state.epoch} from {checkpoint.path}", flush=True)
     else:
         model, optimizer, data, state = prepare(cfg, device)
-    # Wraps in DDP only when world > 1; moves to the worker's GPU when use_gpu.
-    model = ray.train.torch.prepare_model(model, move_to_device=device)
+    exchange = None  # what sums the gradients over the ranks, and times it (None with one worker)
     if world > 1 and device.type == "cpu" and cfg.scaling.shared_memory_allreduce:
-        from mlp.allreduce import enable_shm_allreduce
+        from mlp.allreduce import share_gradients
 
-        enable_shm_allreduce(model)  # every rank calls it; ranks on different machines keep gloo's all-reduce
+        exchange = share_gradients(model, optimizer)  # collective; None when the ranks cannot share memory
+    if exchange is None:
+        # Wraps in DDP only when world > 1; moves to the worker's GPU when use_gpu.
+        model = ray.train.torch.prepare_model(model, move_to_device=device)
+        if world > 1 and device.type == "cpu":
+            from mlp.allreduce import time_ddp_exchange
+
+            exchange = time_ddp_exchange(model)
     node = node_of_this_process()
     files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
 
@@ -96,7 +102,16 @@ def train_worker(config: dict[str, Any]) -> None:
             save_checkpoint(tmp, model, cfg, state, optimizer)
             ray.train.report({**metrics, **node}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    fit(cfg, model, optimizer, data, state, on_epoch_end, rank=rank, world=world)
+    spent = [0.0]  # exchange seconds up to the previous epoch
+
+    def exchange_seconds() -> dict[str, Any]:
+        """This epoch's seconds in the gradient exchange: the run's advice reads them (``mlp.report``)."""
+        if exchange is None:
+            return {}
+        epoch_s, spent[0] = exchange.exchange_s - spent[0], exchange.exchange_s
+        return {"exchange_s": epoch_s}
+
+    fit(cfg, model, optimizer, data, state, on_epoch_end, rank=rank, world=world, epoch_extras=exchange_seconds)
 
 
 def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker,

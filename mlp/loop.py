@@ -88,11 +88,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits
 
 
 def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits,
-        state: RunState, on_epoch_end: EpochCallback, rank: int = 0, world: int = 1) -> RunState:
+        state: RunState, on_epoch_end: EpochCallback, rank: int = 0, world: int = 1,
+        epoch_extras: Optional[Callable[[], dict[str, Any]]] = None) -> RunState:
     """Train from ``state.epoch`` to ``cfg.train.epochs``, calling ``on_epoch_end`` after each epoch.
 
     The callback gets (metrics, model, optimizer, state-as-dict); it may raise to
     stop the run, which is how Tune's early stopping and interrupts get in.
+    ``epoch_extras`` adds the caller's own figures to each epoch's metrics (and
+    so to the history saved in checkpoints), e.g. the seconds spent exchanging gradients.
     """
     target = cfg.train.target_accuracy
     for epoch in range(state.epoch, cfg.train.epochs):
@@ -111,6 +114,7 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
             "epoch_s": seconds, "samples_per_s": samples / seconds, "elapsed_s": state.elapsed_s,
             "lr": optimizer.param_groups[0]["lr"],  # the rate this epoch trained with (a schedule may change it)
             "time_to_target_s": state.time_to_target_s, "timestamp": time.time(),
+            **(epoch_extras() if epoch_extras is not None else {}),
         }
         state.history.append(metrics)
         on_epoch_end(metrics, model, optimizer, asdict(state))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from mlp import allreduce
-from mlp.allreduce import PREFIX, SHM_DIR, ShmAllreduce, enable_shm_allreduce, segment_name
+from mlp.allreduce import PREFIX, SHM_DIR, ShmAllreduce, segment_name, share_gradients, time_ddp_exchange
 from mlp.config import ModelConfig
 from mlp.model import build_model
 
@@ -36,10 +36,11 @@ def _names_of(pid: int) -> list[str]:
     return sorted(p.name for p in SHM_DIR.glob(f"{PREFIX}{pid}-*"))
 
 
-def _train(model: torch.nn.Module, steps: int, rank: int) -> torch.Tensor:
+def _train(model: torch.nn.Module, steps: int, rank: int,
+           optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
     """A few SGD steps on fixed data, 16 samples per rank; returns the flat weights."""
     gen = torch.Generator().manual_seed(5)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(steps):
         x, y = torch.rand(WORLD * 16, 784, generator=gen), torch.randint(0, 10, (WORLD * 16,), generator=gen)
         optimizer.zero_grad(set_to_none=True)
@@ -78,19 +79,28 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     seen["raw_max_abs_diff"], seen["raw_bit_identical"] = worst, identical
     state.close()
 
-    # DDP with several buckets: at a 1 KB cap this model's gradients form 4 buckets (one per layer)
-    # from the second step on; the first step uses DDP's first-bucket size and takes them in one.
+    # The optimizer-step exchange against DDP's default all-reduce, on a deeper model (6 parameters),
+    # from different initial weights per rank: share_gradients must broadcast rank 0's first, as DDP does.
     deep = ModelConfig(hidden_sizes=[100, 50, 50])
-    default = DistributedDataParallel(build_model(deep, seed=0), bucket_cap_mb=0.001)
-    hooked = DistributedDataParallel(build_model(deep, seed=0), bucket_cap_mb=0.001)
-    shm = enable_shm_allreduce(hooked)
-    assert shm is not None
-    reference, weights = _train(default, 6, rank), _train(hooked, 6, rank)
-    seen["calls_per_step"] = shm.seq / 6
+    default = DistributedDataParallel(build_model(deep, seed=0))
+    shared_model = build_model(deep, seed=rank)  # rank 1 starts elsewhere on purpose
+    optimizer = torch.optim.SGD(shared_model.parameters(), lr=0.1)
+    shared = share_gradients(shared_model, optimizer)
+    assert shared is not None
+    reference = _train(default, 6, rank)
+    weights = _train(shared_model, 6, rank, optimizer)
+    seen["calls_per_step"] = shared.shm.seq / 6
+    seen["exchange_s"] = shared.exchange_s
     seen["ddp_max_abs_diff"] = (reference - weights).abs().max().item()
     seen["ddp_bit_identical"] = _same_on_all_ranks(weights)
     seen["names_while_training"] = [p.name for p in SHM_DIR.glob(f"{PREFIX}*")]
-    shm.close()
+    shared.close()
+
+    # DDP's own all-reduce with its time recorded: same weights as without the timing hook.
+    timed = DistributedDataParallel(build_model(deep, seed=0))
+    clock = time_ddp_exchange(timed)
+    seen["timed_max_abs_diff"] = (reference - _train(timed, 6, rank)).abs().max().item()
+    seen["timed_exchange_s"] = clock.exchange_s
 
     # A peer that dies: the survivor's next call fails fast instead of waiting forever.
     doomed = ShmAllreduce.setup(4 * 100)
@@ -160,10 +170,16 @@ def test_equals_gloo_and_is_bit_identical_across_ranks(pair: dict[str, Any]) -> 
     assert pair["raw_bit_identical"]
 
 
-def test_ddp_hook_with_several_buckets_matches_default_all_reduce(pair: dict[str, Any]) -> None:
-    assert pair["calls_per_step"] >= 3  # the hook really ran once per bucket
-    assert pair["ddp_max_abs_diff"] < 1e-6
+def test_shared_gradients_match_ddp_bit_for_bit(pair: dict[str, Any]) -> None:
+    assert pair["calls_per_step"] == 1  # one exchange of all six gradients per optimizer step
+    assert pair["ddp_max_abs_diff"] == 0  # two ranks: a/2 + b/2 in the same order as gloo's sum
     assert pair["ddp_bit_identical"]
+    assert pair["exchange_s"] > 0
+
+
+def test_timed_ddp_all_reduce_changes_nothing_but_records_its_time(pair: dict[str, Any]) -> None:
+    assert pair["timed_max_abs_diff"] == 0
+    assert pair["timed_exchange_s"] > 0
 
 
 def test_no_segment_name_exists_after_setup_or_after_exit(pair: dict[str, Any]) -> None:
@@ -185,11 +201,11 @@ def test_dead_peer_raises_instead_of_hanging(pair: dict[str, Any]) -> None:
 def test_world_size_one_keeps_the_default_all_reduce() -> None:
     dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
     try:
-        model = DistributedDataParallel(build_model(ModelConfig(), seed=0))
-        assert enable_shm_allreduce(model) is None
-        assert enable_shm_allreduce(build_model(ModelConfig(), seed=0)) is None  # not DDP-wrapped
+        model = build_model(ModelConfig(), seed=0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        assert share_gradients(model, optimizer) is None
         before = [p.detach().clone() for p in model.parameters()]
-        _train(model, 1, 0)
+        _train(model, 1, 0, optimizer)
         assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     finally:
         dist.destroy_process_group()

@@ -106,6 +106,36 @@ def throughput(history: list[dict[str, Any]]) -> dict[str, Optional[float]]:
             "min": min(rates) if rates else None, "max": max(rates) if rates else None}
 
 
+EXCHANGE_BOUND = 0.5  # share of the epoch spent exchanging gradients above which a run gives advice
+LARGER_BATCH = 8  # how many times larger a global batch the advice proposes
+
+
+def exchange_advice(history: list[dict[str, Any]], workers: int, batch_size: int, lr: float) -> Optional[str]:
+    """Advice when exchanging gradients took most of each epoch, with the run's own numbers; else None.
+
+    Why: with a small model each step computes for well under a millisecond, so
+    adding workers can make training slower, not faster (DDP over gloo between
+    two processes measured 4-5x a single process). The epochs' ``exchange_s``
+    (seconds in the gradient exchange, waiting for the slowest rank included)
+    says whether that happened here. The first epoch is left out when there
+    are more (it includes warm-up).
+    """
+    epochs = [h for h in (history[1:] if len(history) > 1 else history)
+              if h.get("exchange_s") is not None and h.get("epoch_s")]
+    if workers < 2 or not epochs:
+        return None
+    exchange = sum(h["exchange_s"] for h in epochs) / len(epochs)
+    epoch = sum(h["epoch_s"] for h in epochs) / len(epochs)
+    if exchange / epoch < EXCHANGE_BOUND:
+        return None
+    bigger = batch_size * LARGER_BATCH
+    return (f"the {workers} workers spent {exchange / epoch:.0%} of each epoch exchanging gradients "
+            f"({exchange:.2f} s of {epoch:.2f} s): each step computes too little for the exchange to pay off. "
+            f"Faster: --scaling.num_workers 1 (no exchange), or a global batch {LARGER_BATCH}x larger with the "
+            f"learning rate scaled alike, --train.batch_size {bigger} --optim.lr {lr * LARGER_BATCH:g} "
+            f"({LARGER_BATCH}x fewer exchanges per epoch).")
+
+
 def run_report(config: dict[str, Any], summary: dict[str, Any], history: list[dict[str, Any]],
                ranks: list[dict[str, Any]]) -> str:
     """The Markdown of one training run's report (``learning_curves.png`` is linked, not inlined)."""
@@ -135,11 +165,15 @@ def run_report(config: dict[str, Any], summary: dict[str, Any], history: list[di
     ]
     if summary.get("promoted"):
         lines.append(f"- **Promoted to:** `{summary['promoted']}`")
+    if summary.get("advice"):
+        lines.append(f"- **Advice:** {summary['advice']}")
     lines += ["", "## Learning curves", "", md_image(CURVES_PNG, "loss and accuracy per epoch"), "",
               "## Epochs", "",
-              md_table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds", "samples/s"],
+              md_table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds",
+                        "exchange s", "samples/s"],
                        [[h.get("epoch"), h.get("train_loss"), h.get("train_accuracy"), h.get("val_loss"),
-                         h.get("val_accuracy"), h.get("lr"), h.get("epoch_s"), h.get("samples_per_s")]
+                         h.get("val_accuracy"), h.get("lr"), h.get("epoch_s"), h.get("exchange_s"),
+                         h.get("samples_per_s")]
                         for h in history]),
               "", "## Where each rank ran", ""]
     if ranks:

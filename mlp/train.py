@@ -25,7 +25,7 @@ from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
 from mlp.distributed import build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate
-from mlp.report import write_run_report
+from mlp.report import exchange_advice, write_run_report
 from mlp.preflight import check_cluster
 from mlp.runfiles import RunFiles
 
@@ -89,6 +89,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
             "train_seconds": state.get("elapsed_s"), "wall_seconds": time.perf_counter() - started,
             "target_accuracy": cfg.train.target_accuracy, "time_to_target_s": state.get("time_to_target_s"),
             "checkpoint": checkpoint_uri(result.checkpoint), "ranks": files.read_ranks(),
+            "advice": exchange_advice(history, cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.lr),
         }
         if promote:
             version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, summary,
@@ -128,6 +129,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"promoted to {summary['promoted']}")
     if summary.get("report"):
         print(f"report: {summary['report']} (with learning_curves.png)")
+    if summary.get("advice"):
+        print(f"advice: {summary['advice']}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

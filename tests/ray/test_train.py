@@ -29,6 +29,8 @@ def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:
     assert [(r["rank"], r["node_id"]) for r in summary["ranks"]] == [(0, node), (1, node)]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert summary["test_accuracy"] > 0.3  # chance is 0.1
+    assert all(0 < m["exchange_s"] < m["epoch_s"] for m in history)  # the gradient exchange is timed
+    assert "advice" in summary  # None or a sentence, depending on this machine's load
 
     model, loaded_cfg = load_model(summary["checkpoint"])
     assert loaded_cfg.scaling.num_workers == 2

@@ -13,7 +13,7 @@ import pytest
 from cluster.report import StageLog, plot_latency, write_pipeline_report
 from cluster.verify import TIE_TOLERANCE, Progress, compare
 from mlp.config import Config
-from mlp.report import CURVES_PNG, REPORT_MD, throughput, write_run_report
+from mlp.report import CURVES_PNG, REPORT_MD, exchange_advice, run_report, throughput, write_run_report
 from mlp.storage import Location
 from tune.report import write_sweep_report
 from tune.space import parse_space
@@ -141,3 +141,29 @@ def test_pipeline_report_has_stages_verdict_and_plots(tmp_path: Path, capsys) ->
 def test_latency_plot_marks_p50_and_p99(tmp_path: Path) -> None:
     path = plot_latency(list(np.linspace(1, 100, 200)), Location.of(str(tmp_path / "lat.png")), 64)
     assert Path(str(path)).stat().st_size > 5_000
+
+
+def _epochs(exchange_s: list[float], epoch_s: float = 2.0) -> list[dict]:
+    return [{"epoch": i + 1, "epoch_s": epoch_s, "exchange_s": x} for i, x in enumerate(exchange_s)]
+
+
+def test_advice_when_the_gradient_exchange_dominates() -> None:
+    # The first epoch (warm-up) is left out: 1.2 s of 2 s in the later ones is 60%.
+    advice = exchange_advice(_epochs([0.1, 1.2, 1.2]), workers=2, batch_size=64, lr=0.1)
+    assert advice is not None
+    assert "60% of each epoch" in advice and "1.20 s of 2.00 s" in advice
+    assert "--scaling.num_workers 1" in advice
+    assert "--train.batch_size 512 --optim.lr 0.8" in advice
+
+
+def test_no_advice_when_compute_dominates_or_nothing_is_exchanged() -> None:
+    assert exchange_advice(_epochs([1.9, 0.4, 0.4]), workers=2, batch_size=64, lr=0.1) is None  # 20%
+    assert exchange_advice(_epochs([1.5, 1.5]), workers=1, batch_size=64, lr=0.1) is None  # one worker
+    assert exchange_advice([{"epoch": 1, "epoch_s": 2.0}], workers=2, batch_size=64, lr=0.1) is None  # not timed
+
+
+def test_run_report_shows_the_advice_and_the_exchange_seconds() -> None:
+    history = [{**h, "train_loss": 1.0, "val_accuracy": 0.5} for h in _epochs([1.5, 1.5])]
+    text = run_report({}, {"run_name": "r", "advice": "use one worker"}, history, [])
+    assert "**Advice:** use one worker" in text
+    assert "exchange s" in text and "| 1.5 |" in text

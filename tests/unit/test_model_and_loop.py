@@ -6,7 +6,7 @@ import torch
 
 from mlp.config import ModelConfig
 from mlp.data import Splits, load_splits, shard_indices, synthetic
-from mlp.loop import RunState, evaluate, fit, prepare, train_step
+from mlp.loop import RunState, evaluate, fit, prepare, train_epoch, train_step
 from mlp.model import build_model
 
 
@@ -33,6 +33,19 @@ def test_one_training_step_lowers_the_loss() -> None:
         train_step(model, optimizer, x, y)
     after, _ = evaluate(model, x, y)
     assert after < before
+
+
+def test_train_epoch_loss_and_accuracy_are_per_sample_means(config_factory) -> None:
+    """With lr 1e-30 (far below float32 resolution) the weights stay put, so the epoch's figures must equal evaluate() on the same shard,
+    including the last, smaller batch (1,000 samples, 10% validation: 900 = 14 x 64 + 4)."""
+    cfg = config_factory(optim={"lr": 1e-30}, data={"synthetic_size": 1000})
+    model, optimizer, data, _ = prepare(cfg, torch.device("cpu"))
+    idx = shard_indices(len(data.train_x), 0, cfg.data.seed, 0, 1)
+    expected_loss, expected_accuracy = evaluate(model, data.train_x[idx], data.train_y[idx])
+    loss, accuracy, samples = train_epoch(model, optimizer, data, cfg, 0, 0, 1)
+    assert samples == len(data.train_x) == 900
+    assert abs(loss - expected_loss) < 1e-5
+    assert accuracy == expected_accuracy
 
 
 def test_fit_learns_synthetic_data(config_factory) -> None:

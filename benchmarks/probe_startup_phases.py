@@ -129,7 +129,11 @@ if not floor:
     rows = [json.loads(line) for line in open(os.path.join(out, "probe", "metrics.jsonl"))]
     stamps["rank 0: first epoch starts"] = rows[0]["timestamp"] - rows[0]["epoch_s"]
     stamps["rank 0: last epoch ends"] = rows[-1]["timestamp"]
-json.dump(stamps, open(os.path.join(out, "stamps.json"), "w"))
+with open(os.path.join(out, "stamps.json"), "w") as handle:
+    json.dump(stamps, handle)
+if not floor:  # as the console scripts end (mlp.cli.exit_now); the floor exits as a plain script does
+    from mlp.cli import exit_now
+    exit_now(0)
 '''
 
 

@@ -313,8 +313,18 @@ class SharedGradients:
     def average(self) -> None:
         """Replace every parameter's gradient by its average over the ranks (collective)."""
         started = time.perf_counter()
-        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in self.params]
-        torch.cat(grads, out=self.flat)
+        grads = [p.grad for p in self.params]
+        if any(g is view for g, view in zip(grads, self._views)):
+            # ``zero_grad(set_to_none=False)`` kept last step's averaged views as the gradients and
+            # backward accumulated into them: they already sit in ``flat``; bring in the others.
+            for g, view in zip(grads, self._views):
+                if g is None:
+                    view.zero_()
+                elif g is not view:
+                    view.copy_(g)
+        else:
+            torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                       for g, p in zip(grads, self.params)], out=self.flat)
         self.shm.allreduce_(self.flat, average=True)
         for p, view in zip(self.params, self._views):
             p.grad = view

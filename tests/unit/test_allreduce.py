@@ -37,13 +37,13 @@ def _names_of(pid: int) -> list[str]:
 
 
 def _train(model: torch.nn.Module, steps: int, rank: int,
-           optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+           optimizer: torch.optim.Optimizer | None = None, set_to_none: bool = True) -> torch.Tensor:
     """A few SGD steps on fixed data, 16 samples per rank; returns the flat weights."""
     gen = torch.Generator().manual_seed(5)
     optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(steps):
         x, y = torch.rand(WORLD * 16, 784, generator=gen), torch.randint(0, 10, (WORLD * 16,), generator=gen)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=set_to_none)
         F.cross_entropy(model(x[rank * 16:(rank + 1) * 16]), y[rank * 16:(rank + 1) * 16]).backward()
         optimizer.step()
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -95,6 +95,15 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     seen["ddp_bit_identical"] = _same_on_all_ranks(weights)
     seen["names_while_training"] = [p.name for p in SHM_DIR.glob(f"{PREFIX}*")]
     shared.close()
+
+    # The same with zero_grad(set_to_none=False): backward accumulates into last step's averaged views.
+    kept_model = build_model(deep, seed=rank)
+    kept_optimizer = torch.optim.SGD(kept_model.parameters(), lr=0.1)
+    kept = share_gradients(kept_model, kept_optimizer)
+    assert kept is not None
+    kept_weights = _train(kept_model, 6, rank, kept_optimizer, set_to_none=False)
+    seen["kept_grads_max_abs_diff"] = (reference - kept_weights).abs().max().item()
+    kept.close()
 
     # DDP's own all-reduce with its time recorded: same weights as without the timing hook.
     timed = DistributedDataParallel(build_model(deep, seed=0))
@@ -175,6 +184,7 @@ def test_shared_gradients_match_ddp_bit_for_bit(pair: dict[str, Any]) -> None:
     assert pair["ddp_max_abs_diff"] == 0  # two ranks: a/2 + b/2 in the same order as gloo's sum
     assert pair["ddp_bit_identical"]
     assert pair["exchange_s"] > 0
+    assert pair["kept_grads_max_abs_diff"] == 0  # zero_grad(set_to_none=False) works the same
 
 
 def test_timed_ddp_all_reduce_changes_nothing_but_records_its_time(pair: dict[str, Any]) -> None:

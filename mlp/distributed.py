@@ -27,7 +27,6 @@ from mlp.runfiles import RunFiles, node_of_this_process
 from mlp.storage import normalize
 from mlp.tracking import MlflowRun
 
-log = logging.getLogger(__name__)
 
 
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:

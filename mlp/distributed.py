@@ -28,7 +28,6 @@ from mlp.storage import normalize
 from mlp.tracking import MlflowRun
 
 
-
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:
     """One human line per epoch; the same format in every driver."""
     return (f"epoch {metrics['epoch']:>3}/{epochs}  train_loss {metrics['train_loss']:.4f}  "

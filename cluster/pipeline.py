@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-from mlp.cli import exit_now, make_parser, parse_config, run_command
+from mlp.cli import console_script, make_parser, parse_config, run_command
 from mlp.config import Config
 from mlp.storage import Location, join
 
@@ -179,9 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
-    exit_now(main())
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -112,9 +112,9 @@ class ShmAllreduce:
     """
 
     def __init__(self, mapping: mmap.mmap, rank: int, world: int, capacity: int, pids: list[int],
-                 group: Optional[dist.ProcessGroup], timeout_s: float) -> None:
+                 timeout_s: float) -> None:
         self.rank, self.world, self.capacity = rank, world, capacity
-        self.pids, self.group, self.timeout_s = pids, group, timeout_s
+        self.pids, self.timeout_s = pids, timeout_s
         self.seq = 0  # calls so far; every rank makes the same calls in the same order
         self._mapping = mapping
         self._counters = memoryview(mapping)[: world * _LINE].cast("q")  # counter of rank r at index r*8
@@ -129,7 +129,7 @@ class ShmAllreduce:
         return world * _LINE + 2 * world * capacity
 
     def fits(self, tensor: torch.Tensor) -> bool:
-        """Whether this path can take ``tensor``; the answer is the same on every rank for a DDP bucket."""
+        """Whether the segment can take ``tensor``: on the CPU, contiguous, and no larger than a slot."""
         return (tensor.device.type == "cpu" and tensor.is_contiguous()
                 and tensor.numel() * tensor.element_size() <= self.capacity)
 
@@ -253,7 +253,7 @@ class ShmAllreduce:
                 mapping.close()
             return None
         assert mapping is not None
-        return cls(mapping, rank, world, capacity, [pid for _, _, pid in infos], group, timeout_s)
+        return cls(mapping, rank, world, capacity, [pid for _, _, pid in infos], timeout_s)
 
 
 def _create(size: int) -> tuple[str, mmap.mmap]:
@@ -374,34 +374,31 @@ def trainable_bytes(model: nn.Module) -> int:
 
 
 class TimedAllreduce:
-    """DDP's default averaging all-reduce (gloo, NCCL), with the seconds it takes added up in ``exchange_s``.
+    """The state of :func:`timed_allreduce_hook`: DDP's process group and the seconds its all-reduces took."""
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self.group, self.exchange_s = group, 0.0
+
+
+def timed_allreduce_hook(state: TimedAllreduce, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: DDP's default averaging all-reduce (gloo, NCCL), timed into ``state.exchange_s``.
 
     The time runs from the hook's call (the bucket's gradients are ready) until
     the all-reduce completes; for this model's single bucket that is the time a
     step waits for the exchange. Used where shared memory is not: across machines
     and on GPUs, so that a run can say when communication dominates its steps.
     """
+    started = time.perf_counter()
 
-    def __init__(self, group: Optional[dist.ProcessGroup] = None) -> None:
-        self.group, self.exchange_s = group, 0.0
+    def done(future: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+        state.exchange_s += time.perf_counter() - started
+        return future.value()
 
-    def hook(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-        started = time.perf_counter()
-
-        def done(future: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
-            self.exchange_s += time.perf_counter() - started
-            return future.value()
-
-        return allreduce_hook(self.group, bucket).then(done)
-
-
-def timed_allreduce_hook(state: TimedAllreduce, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: :meth:`TimedAllreduce.hook` (DDP wants a function of (state, bucket))."""
-    return state.hook(bucket)
+    return allreduce_hook(state.group, bucket).then(done)
 
 
 def time_ddp_exchange(model: DistributedDataParallel) -> TimedAllreduce:
     """Register :func:`timed_allreduce_hook` on a DDP model; every rank calls it before the first backward."""
-    state = TimedAllreduce(model.process_group if hasattr(model, "process_group") else None)
+    state = TimedAllreduce(model.process_group)
     model.register_comm_hook(state, timed_allreduce_hook)
     return state

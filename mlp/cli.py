@@ -283,7 +283,7 @@ def exit_now(code: int) -> NoReturn:
     the same order: other non-daemon threads are joined, ``atexit`` handlers run
     (Ray's shutdown and logging's flush among them), and stdout/stderr are
     flushed; only then does ``os._exit`` end the process. Console scripts call
-    it; tests call ``main()`` and never reach it.
+    it (through :func:`console_script`); tests call ``main()`` and never reach it.
     """
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
@@ -297,3 +297,13 @@ def exit_now(code: int) -> NoReturn:
             except (OSError, ValueError):  # closed, or a pipe whose reader has gone
                 pass
         os._exit(code)
+
+
+def console_script(main: Callable[[], int]) -> Callable[[], NoReturn]:
+    """The entry point ``pyproject.toml`` names for a command: ``main()``, then :func:`exit_now`."""
+
+    def cli() -> NoReturn:
+        exit_now(main())
+
+    cli.__doc__ = f"The console script of {main.__module__}: main(), then a prompt exit (mlp.cli.exit_now)."
+    return cli

@@ -2,8 +2,9 @@
 
 It runs in Ray Train's controller, a process of its own that unpickles it and
 imports its module there. Keeping this module free of torch (and of the
-training loop) spares the controller that import: about 0.8 s of every run's
-start-up on a 2-core node (``benchmarks/probe_startup_phases.py``).
+training loop) spares the controller that import (1.4-2.8 s in a fresh process
+on a 2-core node; the controller's measured start moved within that machine's
+noise, ``benchmarks/probe_startup_phases.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 from ray.train import UserCallback
 
-from mlp.runfiles import RunFiles, checkpoint_history, epoch_metrics
+from mlp.runfiles import NODE_KEYS, RunFiles, checkpoint_history, epoch_metrics
 from mlp.tracking import MlflowRun, log_epochs, write_tensorboard
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class RunRecorder(UserCallback):
             epochs = [epoch_metrics(m) for m in history]
             self.files.write_metrics(epochs)
             self.track(epochs)
-        ranks = [{"rank": rank, **{k: m.get(k) for k in ("node_id", "node_ip")}} for rank, m in enumerate(metrics)]
+        ranks = [{"rank": rank, **{k: m.get(k) for k in NODE_KEYS}} for rank, m in enumerate(metrics)]
         if ranks != self.ranks:
             self.files.write_ranks(ranks)
             self.ranks = ranks

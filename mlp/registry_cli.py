@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from mlp import registry
 from mlp.checkpoint import CheckpointError, load_model, read_config, read_state
-from mlp.cli import exit_now, load_yaml, run_command
+from mlp.cli import console_script, load_yaml, run_command
 from mlp.config import Config, RegistryConfig
 from mlp.storage import Location, local_copy, local_path
 
@@ -286,9 +286,7 @@ def run_registry_command(action: Callable[[], Any]) -> int:
         return 1
 
 
-def cli() -> None:
-    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
-    exit_now(main())
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from mlp import registry, tracking
 from mlp.checkpoint import load_model, read_state
-from mlp.cli import RunInterrupted, exit_now, make_parser, parse_config, run_command
+from mlp.cli import RunInterrupted, console_script, make_parser, parse_config, run_command
 from mlp.config import Config
 from mlp.data import find_dataset_root, load_test
 from mlp.distributed import build_trainer, init_ray, with_run_name
@@ -147,9 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command(parser.prog, lambda: print_summary(run_training(cfg, promote=args.promote)))
 
 
-def cli() -> None:
-    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
-    exit_now(main())
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 from typing import Any, Optional, Sequence
 
 from mlp import tracking
-from mlp.cli import RunInterrupted, exit_now, make_parser, parse_config, run_command
+from mlp.cli import RunInterrupted, console_script, make_parser, parse_config, run_command
 from mlp.config import Config, ConfigError
 from mlp.distributed import init_ray, with_run_name
 from mlp.preflight import check_cluster, sweep_request
@@ -294,9 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_command(parser.prog, sweep)
 
 
-def cli() -> None:
-    """The console script: ``main()``, then a prompt exit (``mlp.cli.exit_now``)."""
-    exit_now(main())
+cli = console_script(main)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Gloo vs the shared-memory all-reduce (``mlp.allreduce``), and what each makes of a training step, outside Ray.
+"""Gloo vs the shared-memory all-reduce (``mlp.distributed.allreduce``), and what each makes of a training step, outside Ray.
 
     python benchmarks/bench_allreduce.py [--iters 2000] [--steps 600] [--exact-steps 200]
 
@@ -44,7 +44,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mlp.allreduce import ShmAllreduce, share_gradients
+from mlp.distributed.allreduce import ShmAllreduce, share_gradients
 from mlp.config import ModelConfig
 from mlp.model import build_model
 

@@ -6,7 +6,7 @@ writes ``benchmarks/results/serve.json`` (one row per measurement) and
 ``serve.md`` and prints the ratios against the targets (throughput at c=32 >=
 1.0x the peer; p50 at c=1 <= 2x the peer).
 
-    python benchmarks/bench_serve.py                         # the project's settings (mlp/rayenv.py)
+    python benchmarks/bench_serve.py                         # the project's settings (mlp/distributed/rayenv.py)
     python benchmarks/bench_serve.py --variants default,project --rounds 3 --duration 3
 
 Variants of the Serve side, each a fresh local Ray cluster started by
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from mlp.rayenv import CLUSTER_ENV as SERVING_ENV
+from mlp.distributed.rayenv import CLUSTER_ENV as SERVING_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from mlp.config import Config
-from mlp.distributed import init_ray
-from mlp.train import evaluate_checkpoint
+from mlp.distributed.trainer import init_ray
+from mlp.loop import evaluate_checkpoint
 from tune.promote import best_checkpoint
-from tune.sweep import load_results, run_sweep
+from tune.tuner import load_results, run_sweep
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     base: dict[str, Any] = {}
     if args.preset:
-        from mlp.cli import load_yaml
+        from mlp.options import load_yaml
 
         base = load_yaml(args.preset)
         args.samples = base.get("tune", {}).get("num_samples", args.samples)

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mlp.config import Config
-from mlp.distributed import init_ray
-from tune.sweep import run_sweep
+from mlp.distributed.trainer import init_ray
+from tune.tuner import run_sweep
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -9,7 +9,7 @@ set -u
 cd "$(dirname "$0")/.."
 declare -A LEVER=(
   [plain]=""
-  [preload]="RAY_preload_python_modules=torch,mlp.loop,mlp.distributed"
+  [preload]="RAY_preload_python_modules=torch,mlp.loop,mlp.distributed.trainer"
   [prestart]="RAY_enable_worker_prestart=1"
 )
 for round in 1 2; do

@@ -2,7 +2,7 @@
 
     python benchmarks/probe_startup_phases.py [--workers 1] [--epochs 2] [--rounds 1] [--floor]
 
-Runs the same steps as ``mlp.train.run_training`` (imports, ``init_ray``,
+Runs the same steps as ``mlp.distributed.run.run_training`` (imports, ``init_ray``,
 preflight, taking the run, ``TorchTrainer.fit``) in a fresh process per round and
 stamps each step: in the driver, in Ray Train's controller (through a Train
 callback) and on rank 0 (through a wrapper around the worker function). The
@@ -36,15 +36,16 @@ from ray.train.v2._internal.execution.callback import ControllerCallback, Report
 floor = len(sys.argv) > 4 and sys.argv[4] == "floor"
 if not floor:
     from mlp.config import Config
-    from mlp.distributed import build_trainer, init_ray, train_worker
-    from mlp.preflight import check_cluster
-    from mlp.runfiles import RunFiles
-    from mlp.train import evaluate_checkpoint, check_data
+    from mlp.distributed.trainer import build_trainer, init_ray, train_worker
+    from mlp.preflight.checks import check_cluster
+    from mlp.distributed.runfiles import RunFiles
+    from mlp.data import check_available
+    from mlp.loop import evaluate_checkpoint
 else:  # Ray's own floor: the same cluster settings, an empty train function, no project code in Ray's processes
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from mlp import rayenv
+    from mlp.distributed import rayenv
 stamps["imports done"] = time.time()
 
 
@@ -101,7 +102,7 @@ else:
     cfg = Config.from_dict({"data": {"dataset": "fashion-mnist"}, "train": {"epochs": epochs},
                             "scaling": {"num_workers": workers},
                             "run": {"name": "probe", "storage_path": out}})
-    check_data(cfg)
+    check_available(cfg.data)
     stamps["dataset found"] = time.time()
     init_ray()
     stamps["ray.init returned"] = time.time()
@@ -131,8 +132,8 @@ if not floor:
     stamps["rank 0: last epoch ends"] = rows[-1]["timestamp"]
 with open(os.path.join(out, "stamps.json"), "w") as handle:
     json.dump(stamps, handle)
-if not floor:  # as the console scripts end (mlp.cli.exit_now); the floor exits as a plain script does
-    from mlp.cli import exit_now
+if not floor:  # as the console scripts end (mlp.console.exit_now); the floor exits as a plain script does
+    from mlp.console import exit_now
     exit_now(0)
 '''
 

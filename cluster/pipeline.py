@@ -1,7 +1,7 @@
-"""``mlp-pipeline``: the whole life cycle in one command: sweep (or train), promote, serve, verify.
+"""``mlp pipeline`` (also ``mlp-pipeline``): the whole life cycle in one command: sweep (or train), promote, serve, verify.
 
-1. ``tune.sweep.run_sweep`` searches the space and promotes the winner into the
-   registry (``--skip-sweep``: one ``mlp.train`` run with ``--promote`` instead);
+1. ``tune.tuner.run_sweep`` searches the space and promotes the winner into the
+   registry (``--skip-sweep``: one ``mlp.distributed.run`` run with ``--promote`` instead);
 2. ``serve`` deploys ``latest`` from that registry;
 3. ``cluster.verify`` scores the live endpoint over HTTP on the whole test set
    and checks that every served prediction equals the promoted version's
@@ -16,107 +16,17 @@ Locally it then serves until Ctrl-C; ``--stop-after-verify`` ends after the
 report (scripts, CI). Under ``ray job submit`` (or with ``--detach``) it leaves
 the Serve application running on the cluster and exits, so the job finishes
 while the endpoint stays up. Each stage is the same code its own command
-runs; this module only chains them.
+runs; this module only chains them (``cluster.stages``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 from typing import Any, Optional, Sequence
 
-from mlp.cli import console_script, make_parser, parse_config, run_command
-from mlp.config import Config
-from mlp.storage import Location, join
-
-log = logging.getLogger("mlp.pipeline")
-VERIFICATION_FILE = "verification.json"
-
-
-class VerificationFailed(RuntimeError):
-    """The endpoint did not serve what was promoted; the message names the mismatch and the rollback."""
-
-
-def train_and_promote(cfg: Config, skip_sweep: bool) -> dict[str, Any]:
-    """Stage 1: a sweep (default) or a single training run; either way the result lands in the registry."""
-    if skip_sweep:
-        from mlp.train import print_summary, run_training
-
-        summary = run_training(cfg, promote=True)
-        print_summary(summary)
-        return summary
-    from tune.sweep import check_space, run_sweep
-
-    check_space(cfg)
-    return run_sweep(cfg, promote=True)
-
-
-def running_as_job() -> bool:
-    """True under ``ray job submit`` or with an explicit cluster address: the cluster outlives us."""
-    return bool(os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_JOB_ID"))
-
-
-def resolved(cfg: Config, skip_sweep: bool) -> Config:
-    """The config with the run name the sweep or training run will use, so the report lands beside it."""
-    from mlp.distributed import with_run_name
-
-    return with_run_name(cfg, prefix="" if skip_sweep else "sweep-")
-
-
-def roll_back(cfg: Config, url: str, failed: str) -> str:
-    """Move ``latest`` back to the version before ``failed`` and wait until the endpoint serves it.
-
-    Returns a sentence for the report. With no earlier version the application
-    is deleted instead: an endpoint that serves a model nobody can reproduce is worse than none.
-    """
-    from ray import serve
-
-    from cluster.verify import wait_until_serving
-    from mlp import registry
-    from serve.__main__ import APP_NAME
-
-    try:
-        was, now = registry.rollback(cfg.registry.path, cfg.registry.model_name)
-    except (FileNotFoundError, ValueError) as err:
-        serve.delete(APP_NAME)
-        return f"no earlier version to roll back to ({err}); the endpoint was shut down"
-    if wait_until_serving(url, now):
-        return f"latest moved back from {was} to {now}; the endpoint serves {now} again"
-    return f"latest moved back from {was} to {now}, but the endpoint did not show {now} within 30 s"
-
-
-def verify_and_report(cfg: Config, args: Any, stages: Any, summary: dict[str, Any], url: Optional[str]) -> int:
-    """Stages 3 and 4: verify the live endpoint (rolling back on failure), then write the report."""
-    from cluster.report import write_pipeline_report
-    from cluster.verify import verify_endpoint
-    from serve.predictor import ModelSource
-
-    folder = Location.of(join(cfg.run.storage_path, str(cfg.run.name)))
-    verification, latencies, rollback, code = None, [], None, 0
-    if url is not None:
-        with stages.run("verify") as stage:
-            result = verify_endpoint(url, ModelSource.from_config(cfg), cfg.data.dir,
-                                     batch_size=args.verify_batch_size)
-            verification, latencies = result.to_dict(), result.latencies_ms
-            print(f"served accuracy {result.served_accuracy:.4f}, offline {result.offline_accuracy:.4f} on "
-                  f"{result.images} test images; {len(result.mismatches)} predictions differ; "
-                  f"p50 {result.percentile_ms(50):.1f} ms, p99 {result.percentile_ms(99):.1f} ms per request "
-                  f"of {args.verify_batch_size}", flush=True)
-            if not result.ok:
-                stage.outcome = "FAILED"
-                rollback = roll_back(cfg, url, result.version)
-                print(f"{result.problem()}\n{rollback}", file=sys.stderr, flush=True)
-                code = 1
-        (folder / VERIFICATION_FILE).write_text(json.dumps({**verification, "rollback": rollback}, indent=2))
-    with stages.run("report"):
-        report = write_pipeline_report(folder, cfg.to_dict(), stages, summary, not args.skip_sweep, verification,
-                                       latencies, args.verify_batch_size, url, rollback)
-    print(f"pipeline report: {report}", flush=True)
-    if code:
-        print(f"mlp-pipeline: error: verification failed: {verification['problem']}; {rollback}", file=sys.stderr)
-    return code
+from cluster.stages import resolved, running_as_job, train_and_promote, verify_and_report
+from mlp.console import console_script, run_command
+from mlp.options import make_parser, parse_config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -143,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.verify_batch_size < 1:
         parser.error(f"--verify-batch-size must be >= 1, got {args.verify_batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from cluster.report import StageLog
+    from cluster.pipeline_report import StageLog
 
     cfg = resolved(cfg, args.skip_sweep)
     names = ["train" if args.skip_sweep else "sweep"] + ([] if args.no_serve else ["deploy", "verify"]) + ["report"]
@@ -159,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code
     if args.no_serve:
         return verify_and_report(cfg, args, stages, summaries[0], None)
-    from serve.__main__ import deploy_command, serve_until_interrupted
+    from serve.deploy import deploy_command, serve_until_interrupted
     from serve.predictor import ModelSource
 
     ModelSource.from_config(cfg).resolve()  # the promotion above must have produced a servable model

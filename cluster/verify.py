@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from mlp.config import DataConfig
-from serve.client import predict_json
+from serve.endpoint import predict_json
 from serve.predictor import ModelSource, Predictor, load_predictor
 
 TIE_TOLERANCE = 1e-5  # offline probabilities closer than this are a tie: either label is right

@@ -7,7 +7,7 @@ named before anything is written. Across the Ray boundary the config travels as
 a plain dict (``to_dict``) and is rebuilt with ``from_dict`` on the other side;
 no other code handles raw dicts.
 
-The generic loading and CLI machinery lives in ``mlp.cli``; this file only
+The generic loading and CLI machinery lives in ``mlp.options``; this file only
 declares the fields.
 """
 
@@ -339,6 +339,6 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         """Rebuild and validate from ``to_dict`` output or a YAML mapping."""
-        from mlp.cli import build_dataclass
+        from mlp.options import build_dataclass
 
         return build_dataclass(cls, data, prefix="")

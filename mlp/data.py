@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from mlp.config import DataConfig
+from mlp.console import CommandError
 
 RAW_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -46,7 +47,7 @@ DEBIAN_ROOT = Path("/usr/share/datasets")
 SYNTHETIC_TEST_SIZE = 1000
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(CommandError, FileNotFoundError):
     """The dataset is nowhere on disk and could not be downloaded."""
 
 
@@ -189,6 +190,12 @@ def load_splits(cfg: DataConfig) -> Splits:
     n_val = max(1, int(len(x) * cfg.val_fraction))
     val, train = perm[:n_val], perm[n_val:]
     return Splits(x[train], y[train], x[val], y[val])
+
+
+def check_available(cfg: DataConfig) -> None:
+    """Find (or download) the dataset in the driver, so a missing dataset fails before Ray starts."""
+    if cfg.dataset != "synthetic":
+        find_dataset_root(cfg)
 
 
 def load_test(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:

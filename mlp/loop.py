@@ -3,7 +3,7 @@
 ``fit`` knows nothing about Ray. Distribution comes in through three values
 (``rank``, ``world`` and a model that may already be DDP-wrapped) and results go
 out through the ``on_epoch_end`` callback, which decides about reporting and
-checkpoints. ``mlp.distributed`` (Ray Train) and ``tune`` (Ray Tune) both drive
+checkpoints. ``mlp.distributed.trainer`` (Ray Train) and ``tune`` (Ray Tune) both drive
 this same loop.
 """
 
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlp.checkpoint import restore_training
+from mlp.checkpoint import load_model, restore_training
 from mlp.config import Config
-from mlp.data import Splits, load_splits, shard_indices
+from mlp.data import Splits, load_splits, load_test, shard_indices
 from mlp.model import build_model
 
 EpochCallback = Callable[[dict[str, Any], nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
@@ -69,6 +70,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(1) == yb).sum())
     model.train(was_training)
     return total_loss / len(x), correct / len(x)
+
+
+def evaluate_checkpoint(folder: str | Path) -> dict[str, float]:
+    """Test loss and accuracy of a checkpoint folder, rebuilt from its own config."""
+    model, cfg = load_model(folder)
+    x, y = load_test(cfg.data)
+    loss, accuracy = evaluate(model, x, y)
+    return {"test_loss": loss, "test_accuracy": accuracy}
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, cfg: Config,

@@ -15,45 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import httpx
 
 from mlp.config import DATASETS, DataConfig
-
-
-class EndpointError(RuntimeError):
-    """The endpoint answered with an error; the message is its JSON error text."""
-
-
-def _check(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        body = {"error": resp.text.strip()}
-    if resp.status_code >= 400:
-        raise EndpointError(f"HTTP {resp.status_code}: {body.get('error', body)}")
-    return body
-
-
-def predict_json(client: httpx.Client, instances: Any) -> dict[str, Any]:
-    """POST one instance (a flat list) or ``{"instances": [...]}``."""
-    return _check(client.post("/predict", content=json.dumps(instances),
-                              headers={"content-type": "application/json"}))
-
-
-def predict_image(client: httpx.Client, path: Path, invert: str = "auto") -> dict[str, Any]:
-    with path.open("rb") as handle:
-        return _check(client.post("/predict", params={"invert": invert}, files={"file": (path.name, handle)}))
+from serve.endpoint import EndpointError, check_answer, predict_image, predict_json, score
 
 
 def _test_set(client: httpx.Client, dataset: Optional[str], data_dir: Optional[str]):
     from mlp.data import load_test
 
-    dataset = dataset or _check(client.get("/model"))["dataset"]
+    dataset = dataset or check_answer(client.get("/model"))["dataset"]
     return load_test(DataConfig(dataset=dataset, dir=data_dir))
 
 
@@ -61,23 +35,6 @@ def _line(pred: dict[str, Any], truth: Optional[str] = None) -> str:
     confidence = max(pred["probabilities"])
     text = f"{pred['label']}  {pred['class_name']:<12} p={confidence:.3f}"
     return text + (f"  (true: {truth})" if truth is not None else "")
-
-
-def score(client: httpx.Client, x, y, batch_size: int, concurrency: int) -> dict[str, Any]:
-    """Accuracy of the endpoint over (x, y), sent as ``batch_size`` batches, ``concurrency`` at a time."""
-    starts = range(0, len(x), batch_size)
-
-    def send(start: int) -> list[int]:
-        body = predict_json(client, {"instances": x[start:start + batch_size].tolist()})
-        return [p["label"] for p in body["predictions"]]
-
-    began = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        labels = [label for part in pool.map(send, starts) for label in part]
-    seconds = time.perf_counter() - began
-    correct = sum(int(a == b) for a, b in zip(labels, y.tolist()))
-    return {"images": len(labels), "accuracy": correct / len(labels), "seconds": seconds,
-            "images_per_s": len(labels) / seconds}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -117,7 +74,7 @@ def run(args: argparse.Namespace, client: httpx.Client) -> None:
         x, y = _test_set(client, args.dataset, args.data_dir)
         first, count = (args.index, 1) if args.command == "sample" else (args.start, args.count)
         body = predict_json(client, {"instances": x[first:first + count].tolist()})
-        names = _check(client.get("/model"))["class_names"]
+        names = check_answer(client.get("/model"))["class_names"]
         print(f"model {body['version']}")
         for i, pred in enumerate(body["predictions"], start=first):
             print(f"#{i}: {_line(pred, names[int(y[i])])}")
@@ -129,11 +86,11 @@ def run(args: argparse.Namespace, client: httpx.Client) -> None:
         print(f"accuracy {result['accuracy']:.4f} on {result['images']} images "
               f"({result['images_per_s']:,.0f} images/s)")
     elif args.command == "health":
-        print(json.dumps({"healthz": _check(client.get("/healthz")), "readyz": _check(client.get("/readyz"))}))
+        print(json.dumps({"healthz": check_answer(client.get("/healthz")), "readyz": check_answer(client.get("/readyz"))}))
     elif args.command == "model":
-        print(json.dumps(_check(client.get("/model")), indent=2))
+        print(json.dumps(check_answer(client.get("/model")), indent=2))
     else:
-        print(json.dumps(_check(client.post("/admin/reload"))))
+        print(json.dumps(check_answer(client.post("/admin/reload"))))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from mlp.cli import config_from_args
+from mlp.options import config_from_args
 from mlp.config import Config, ConfigError, ServeConfig
 from serve.inputs import InputError
 

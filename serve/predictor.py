@@ -23,7 +23,7 @@ from mlp.config import Config
 from mlp.data import CLASS_NAMES
 from mlp.model import INPUT_SIZE, MLP
 from mlp.registry import is_version_number, resolve_version
-from mlp.storage import Location, cache_key, cache_root, cached_copy, local_path
+from mlp.registry.storage import Location, cache_key, cache_root, cached_copy, local_path
 
 PathLike = Union[str, Path]
 

@@ -1,4 +1,4 @@
-"""Two PNG plots of a finished sweep, drawn from the rows of ``tune.report``.
+"""Two PNG plots of a finished sweep, drawn from the rows of ``tune.sweep_report``.
 
 * ``val_accuracy_vs_lr.png``: best val accuracy against the learning rate (or the
   first numeric dim), one colour per hidden size (or the first other dim);
@@ -6,7 +6,7 @@
 * ``learning_curves.png``: val accuracy per epoch of every trial; early-stopped
   trials are grey, dashed and end in an x, so the pruning is visible.
 
-Drawn with ``mlp.report``'s file-only backend: sweeps run headless (``ray job submit``).
+Drawn with ``mlp.reports.run_report``'s file-only backend: sweeps run headless (``ray job submit``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from mlp.report import pyplot, save_figure  # matplotlib with the file-only Agg backend
-from mlp.storage import Location
+from mlp.reports.markdown import pyplot, save_figure  # matplotlib with the file-only Agg backend
+from mlp.registry.storage import Location
 from tune.space import Dim
 
 SCATTER_PNG = "val_accuracy_vs_lr.png"

@@ -14,8 +14,8 @@ from typing import Any, Optional
 from mlp import registry
 from mlp.checkpoint import read_config, read_state
 from mlp.config import Config
-from mlp.storage import Location
-from mlp.train import evaluate_checkpoint
+from mlp.registry.storage import Location
+from mlp.loop import evaluate_checkpoint
 
 
 def best_checkpoint(result: Any) -> Optional[Any]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlp.config import Config, ConfigError
-from mlp.storage import join
+from mlp.registry.storage import join
 from tune.space import apply_params
 
 # Ray refuses a trial that reserves nothing ("Cannot initialize a ResourceRequest with
@@ -104,7 +104,7 @@ def run_in_process(params: dict[str, Any], base: dict[str, Any]) -> None:
 
     from mlp.checkpoint import save_checkpoint
     from mlp.loop import fit, prepare, set_threads
-    from mlp.runfiles import node_of_this_process
+    from mlp.distributed.runfiles import node_of_this_process
 
     cfg = apply_params(base, params)
     # Which node ran the trial (Tune adds node_ip itself, which does not tell two nodes of one host apart).
@@ -132,7 +132,7 @@ def run_with_trainer(params: dict[str, Any], base: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mlp.distributed import build_trainer
+    from mlp.distributed.trainer import build_trainer
     from tune.release import ReleaseStoppedWorkers
 
     cfg = apply_params(base, params)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from mlp import rayenv
+from mlp.distributed import rayenv
 
 from .cluster import TwoNodeCluster
 

@@ -15,7 +15,7 @@ import signal
 import time
 from pathlib import Path
 
-from mlp import rayenv
+from mlp.distributed import rayenv
 
 from .cluster import TwoNodeCluster
 

@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mlp import rayenv
-from mlp.storage import Location
+from mlp.distributed import rayenv
+from mlp.registry.storage import Location
 
 from .cluster import TwoNodeCluster
 

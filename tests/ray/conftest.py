@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from mlp import rayenv
+from mlp.distributed import rayenv
 
 
 @pytest.fixture(scope="session", autouse=True)

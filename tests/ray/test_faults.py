@@ -37,12 +37,12 @@ from mlp.config import Config
 from mlp.data import load_test
 from mlp.model import build_model
 from mlp.registry import list_versions, make_provenance, model_dir, promote, read_latest, resolve_version
-from mlp.runfiles import RunFiles
-from mlp.storage import Location
+from mlp.distributed.runfiles import RunFiles
+from mlp.registry.storage import Location
 from serve.app import DEPLOYMENT_NAME, build_from_config
 from serve.options import http_options
 from serve.predictor import ModelSource, load_predictor
-from tune.sweep import run_sweep
+from tune.tuner import run_sweep
 from s3server import free_port  # tests/ is on sys.path while pytest runs
 
 # ---------------------------------------------------------------- helpers

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from ray import serve
 
-import serve.__main__ as serve_main
+import serve.deploy as serve_deploy
 from cluster.pipeline import main
 from mlp import registry
 from mlp.checkpoint import save_checkpoint
@@ -90,7 +90,7 @@ def test_a_model_changed_under_the_endpoint_fails_verification_and_rolls_back(
     first = save_checkpoint(tmp_path / "v1-source", build_model(cfg.model, seed=7), cfg, {"epoch": 0})
     registry.promote(str(tmp_path / "registry"), "mlp", first, {"test_accuracy": 0.1},
                      registry.make_provenance(cfg, "hand-made v1"))
-    real_deploy = serve_main.deploy
+    real_deploy = serve_deploy.deploy
 
     def deploy_then_tamper(config: Config) -> str:
         url = real_deploy(config)
@@ -99,7 +99,7 @@ def test_a_model_changed_under_the_endpoint_fails_verification_and_rolls_back(
         shutil.copy2(first / "model.pt", served / "model.pt")  # same shapes, other weights
         return url
 
-    monkeypatch.setattr(serve_main, "deploy", deploy_then_tamper)
+    monkeypatch.setattr(serve_deploy, "deploy", deploy_then_tamper)
     argv = pipeline_args(tmp_path, port, "--skip-sweep", "--data.dataset", "synthetic",
                          "--data.synthetic_size", "2000", "--train.epochs", "2")
     try:

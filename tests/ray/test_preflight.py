@@ -1,4 +1,4 @@
-"""mlp.preflight on the session cluster (1 node, 2 CPUs, no GPU), plus one test that adds a node with its own disk.
+"""mlp.preflight.checks on the session cluster (1 node, 2 CPUs, no GPU), plus one test that adds a node with its own disk.
 
 The hang guard (``within``) is not a timing assertion: without a preflight these
 requests wait forever, so the guard turns "waits" into a failure instead of a hung suite.
@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 import ray
 
-from mlp.preflight import PROBE_DIR, PreflightError, check_cluster
+from mlp.preflight.checks import PROBE_DIR, PreflightError, check_cluster
 
 HANG_GUARD_S = 60
 

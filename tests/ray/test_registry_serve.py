@@ -2,7 +2,7 @@
 
 A local registry holds v1 and v2, two untrained models with different weights (so
 their predictions differ and no training time is spent). Clients send ``/predict``
-without pause while the real CLI (``python -m mlp.registry_cli``, in a subprocess)
+without pause while the real CLI (``python -m mlp.registry.cli``, in a subprocess)
 moves the pointer the deployment follows; every answer must succeed and equal the
 offline prediction of the version it names, and the last ones must come from the
 version the pointer now names. Serve is shut down at the end of the module.
@@ -67,7 +67,7 @@ def deploy(cfg: Config, version: str) -> Config:
 
 def registry_cli(cfg: Config, *args: str) -> str:
     """The real command, as an operator runs it; returns its one line."""
-    done = subprocess.run([sys.executable, "-m", "mlp.registry_cli", "--registry.path", cfg.registry.path, *args],
+    done = subprocess.run([sys.executable, "-m", "mlp.registry.cli", "--registry.path", cfg.registry.path, *args],
                           capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr

@@ -33,7 +33,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from ray.util.state import list_actors
 
-from mlp.runfiles import RunFiles
+from mlp.distributed.runfiles import RunFiles
 from tune import release
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def trial_actor():
 
         def train(self, config: dict, with_release: bool) -> None:
             from mlp.config import Config
-            from mlp.distributed import build_trainer
+            from mlp.distributed.trainer import build_trainer
             from tune.release import ReleaseStoppedWorkers
 
             callbacks = [ReleaseStoppedWorkers()] if with_release else []
@@ -197,7 +197,7 @@ def test_dashboard_off_the_watchdog_frees_the_workers(tmp_path: Path, figures) -
         from ray.util.placement_group import placement_group_table
         ray.init(address="local", num_cpus=2, include_dashboard=False)  # never a cluster started elsewhere
         from mlp.config import Config
-        from mlp.runfiles import RunFiles
+        from mlp.distributed.runfiles import RunFiles
 
         @ray.remote(num_cpus=0.01, max_restarts=0)
         class TrialLike:
@@ -206,7 +206,7 @@ def test_dashboard_off_the_watchdog_frees_the_workers(tmp_path: Path, figures) -
                 return decide()
 
             def train(self, config):
-                from mlp.distributed import build_trainer
+                from mlp.distributed.trainer import build_trainer
                 from tune.release import ReleaseStoppedWorkers
                 build_trainer(Config.from_dict(config), callbacks=[ReleaseStoppedWorkers()]).fit()
 

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from mlp.config import TrackConfig
-from mlp.distributed import build_trainer
-from mlp.runfiles import RunFiles
-from mlp.tracking import SCALARS, TENSORBOARD_DIR, mlflow_target, start_run
+from mlp.distributed.trainer import build_trainer
+from mlp.distributed.runfiles import RunFiles
+from mlp.reports.tracking import SCALARS, TENSORBOARD_DIR, mlflow_target, start_run
 from mlp.train import main as train_main
-from tune.sweep import SUMMARY_FILE, run_sweep
+from tune.tuner import SUMMARY_FILE, run_sweep
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -14,9 +14,9 @@ import ray
 import torch
 
 from mlp.checkpoint import load_model, save_checkpoint
-from mlp.distributed import RunRecorder
-from mlp.runfiles import RunBusyError, RunFiles
-from mlp.train import run_training
+from mlp.distributed.trainer import RunRecorder
+from mlp.distributed.runfiles import RunBusyError, RunFiles
+from mlp.distributed.run import run_training
 
 
 def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:

@@ -20,7 +20,8 @@ from mlp.checkpoint import load_model
 from mlp.data import load_test
 from mlp.loop import evaluate
 from mlp.registry import read_latest, resolve_version
-from tune.sweep import SUMMARY_FILE, main, promote_finished, run_sweep
+from tune.sweep import main
+from tune.tuner import SUMMARY_FILE, promote_finished, run_sweep
 
 # Good learning rates first: grid trials start in order, so the bad ones reach ASHA's
 # first rung after good ones have recorded there and are stopped.

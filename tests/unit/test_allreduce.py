@@ -1,4 +1,4 @@
-"""The shared-memory all-reduce (``mlp.allreduce``) between two real processes over gloo, no Ray.
+"""The shared-memory all-reduce (``mlp.distributed.allreduce``) between two real processes over gloo, no Ray.
 
 One pair of spawned ranks runs every two-process check once (starting
 processes is most of the cost) and rank 0 writes what it saw; the tests below
@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mlp import allreduce
-from mlp.allreduce import PREFIX, SHM_DIR, ShmAllreduce, segment_name, share_gradients, time_ddp_exchange
+from mlp.distributed import allreduce
+from mlp.distributed.allreduce import PREFIX, SHM_DIR, ShmAllreduce, segment_name, share_gradients, time_ddp_exchange
 from mlp.config import ModelConfig
 from mlp.model import build_model
 

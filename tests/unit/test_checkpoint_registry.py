@@ -20,7 +20,7 @@ from mlp import registry
 from mlp.checkpoint import load_model, restore_training, save_checkpoint
 from mlp.loop import build_optimizer
 from mlp.model import build_model
-from mlp.storage import Location
+from mlp.registry.storage import Location
 from serve.predictor import ModelSource, load_predictor
 
 
@@ -213,7 +213,7 @@ def test_cache_notices_a_rewritten_registry(s3_root: str, tmp_path: Path, config
     assert load_predictor(ModelSource(s3_root, "mlp")).info.provenance["trial_id"] == "old"
     (Location.of(s3_root) / "mlp").delete()
     promote(s3_root, new, config_factory, "new")
-    monkeypatch.setattr(registry, "_verified", set())  # as a fresh replica process on the same node
+    monkeypatch.setattr(registry.versions, "_verified", set())  # as a fresh replica process on the same node
     predictor = load_predictor(ModelSource(s3_root, "mlp"))
     assert predictor.version == "v1" and predictor.info.provenance["trial_id"] == "new"
     x = torch.rand(3, 784)

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from mlp.cli import make_parser, parse_config
+from mlp.options import make_parser, parse_config
 from mlp.config import Config
-from mlp.rayenv import CLUSTER_ENV
+from mlp.distributed.rayenv import CLUSTER_ENV
 
 ROOT = Path(__file__).parents[2]
 CLUSTER = ROOT / "cluster"
@@ -190,7 +190,7 @@ def _run_start_command(command: str, tmp_path: Path, python_works: bool = True) 
     """Run a launcher start command with `ray` replaced by a stub that prints what `ray start` would see.
 
     A clean environment (no project settings inherited from this process); `python` is this
-    interpreter, so ``python -m mlp.rayenv`` prints this checkout's settings, or a stand-in
+    interpreter, so ``python -m mlp.distributed.rayenv`` prints this checkout's settings, or a stand-in
     that fails like a node where the package is not installed.
     """
     bin_dir = tmp_path / "bin"
@@ -233,7 +233,7 @@ def test_launcher_start_commands_apply_the_project_env(key: str, tmp_path: Path)
 
 @pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
 def test_launcher_does_not_start_ray_without_the_project_env(key: str, tmp_path: Path) -> None:
-    """`eval "$(python -m mlp.rayenv)"` alone would eval nothing and go on when the package is missing."""
+    """`eval "$(python -m mlp.distributed.rayenv)"` alone would eval nothing and go on when the package is missing."""
     out = _run_start_command(_start_command(_load("cluster.yaml"), key), tmp_path, python_works=False)
     assert out.returncode != 0
-    assert b"ARGS" not in out.stdout, "`ray start` ran although `python -m mlp.rayenv` failed"
+    assert b"ARGS" not in out.stdout, "`ray start` ran although `python -m mlp.distributed.rayenv` failed"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlp.cli import make_parser, parse_config
+from mlp.options import make_parser, parse_config
 from mlp.config import Config, ConfigError
 
 
@@ -104,7 +104,7 @@ def test_exit_now_keeps_what_a_normal_exit_does(tmp_path: Path) -> None:
     script = f"""
 import atexit, sys, threading, time
 from pathlib import Path
-from mlp.cli import exit_now
+from mlp.console import exit_now
 atexit.register(lambda: Path({str(tmp_path / 'atexit')!r}).write_text('ran'))
 worker = threading.Thread(target=lambda: (time.sleep(0.3), Path({str(tmp_path / 'thread')!r}).write_text('done')))
 worker.start()

@@ -1,4 +1,4 @@
-"""mlp.capacity and mlp.preflight without Ray: bundle packing, the messages, autoscaling verdicts, the node probe, the exit code."""
+"""mlp.preflight.capacity and mlp.preflight.checks without Ray: bundle packing, the messages, autoscaling verdicts, the node probe, the exit code."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlp import capacity as fit
-from mlp.capacity import (
+from mlp.preflight import capacity as fit
+from mlp.preflight.capacity import (
     Autoscaling,
     NodeInfo,
     PreflightError,
@@ -23,9 +23,9 @@ from mlp.capacity import (
     requests_for,
     sweep_request,
 )
-from mlp.cli import run_command
-from mlp.preflight import Probe, probe_node
-from mlp.storage import Location
+from mlp.console import run_command
+from mlp.preflight.checks import Probe, probe_node
+from mlp.registry.storage import Location
 
 
 def cpus(*amounts: float) -> list[dict[str, float]]:

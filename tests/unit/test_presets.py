@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlp.cli import load_yaml
+from mlp.options import load_yaml
 from mlp.config import Config
 
 PRESETS = sorted((Path(__file__).parents[2] / "cluster" / "presets").glob("*.yaml"))

@@ -1,7 +1,7 @@
 """``mlp-registry`` end to end, on a local folder and on a real S3-compatible server (moto's).
 
 Commands run through ``main([...])`` in this process (what the console script calls), and
-once through ``python -m mlp.registry_cli`` in a subprocess. Every check reads the registry
+once through ``python -m mlp.registry.cli`` in a subprocess. Every check reads the registry
 back through ``mlp.registry`` or loads the model, so a command that only printed the right
 words would still fail.
 """
@@ -20,8 +20,8 @@ import torch
 from mlp import registry
 from mlp.checkpoint import load_model, save_checkpoint
 from mlp.model import build_model
-from mlp.registry_cli import main
-from mlp.storage import Location
+from mlp.registry.cli import main
+from mlp.registry.storage import Location
 from serve.predictor import ModelSource, load_predictor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -204,11 +204,11 @@ def test_bad_input_exits_2_and_writes_nothing(root: str, checkpoints: list[Path]
 
 def test_console_entry_point_in_a_subprocess(s3_root: str, checkpoints: list[Path], capsys,
                                             s3_env: dict[str, str]) -> None:
-    """``python -m mlp.registry_cli`` as a shell runs it, on the bucket: exit codes and one-line answers."""
+    """``python -m mlp.registry.cli`` as a shell runs it, on the bucket: exit codes and one-line answers."""
     env = {**os.environ, **s3_env, "PYTHONPATH": str(REPO)}
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "mlp.registry_cli", "--registry.path", s3_root, *args],
+        return subprocess.run([sys.executable, "-m", "mlp.registry.cli", "--registry.path", s3_root, *args],
                               capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
     promote_both(capsys, s3_root, checkpoints)

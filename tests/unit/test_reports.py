@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.report import StageLog, plot_latency, write_pipeline_report
+from cluster.pipeline_report import StageLog, plot_latency, write_pipeline_report
 from cluster.verify import TIE_TOLERANCE, Progress, compare
 from mlp.config import Config
-from mlp.report import CURVES_PNG, REPORT_MD, exchange_advice, run_report, throughput, write_run_report
-from mlp.storage import Location
-from tune.report import write_sweep_report
+from mlp.reports.markdown import CURVES_PNG
+from mlp.reports.run_report import exchange_advice, run_report, throughput, write_run_report
+from mlp.registry.storage import Location
+from tune.sweep_report import write_sweep_report
 from tune.space import parse_space
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

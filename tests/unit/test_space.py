@@ -82,11 +82,12 @@ def test_cli_refuses_bad_space_with_exit_2_before_ray(argv: list[str], key: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Validation happens before Ray starts or anything is written."""
     import tune.sweep
+    import tune.tuner
 
     def no_ray() -> None:  # a shared test cluster may already run, so trap the call itself
         raise AssertionError("the sweep reached init_ray before refusing its config")
 
-    monkeypatch.setattr(tune.sweep, "init_ray", no_ray)
+    monkeypatch.setattr(tune.tuner, "init_ray", no_ray)
     storage = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
         raise SystemExit(tune.sweep.main([*argv, "--data.dataset", "synthetic", "--run.storage_path", str(storage)]))
@@ -147,7 +148,7 @@ def test_gpu_and_user_limits_cap_concurrency() -> None:
 
 @pytest.mark.parametrize("preset", sorted(Path(__file__).parents[2].glob("cluster/presets/sweep-*.yaml")))
 def test_sweep_presets_load_with_a_valid_space(preset: Path) -> None:
-    from mlp.cli import load_yaml
+    from mlp.options import load_yaml
 
     cfg = Config.from_dict(load_yaml(str(preset)))
     assert parse_space(cfg.tune.space, cfg.tune.search)

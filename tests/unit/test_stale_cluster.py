@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlp.distributed import stale_local_cluster
+from mlp.distributed.trainer import stale_local_cluster
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``mlp.storage`` behaves the same on a local folder and on a real S3-compatible server.
+"""``mlp.registry.storage`` behaves the same on a local folder and on a real S3-compatible server.
 
 The S3 half runs against moto's standalone server (``tests/s3server.py``) through
 ``pyarrow.fs``, the same client Ray Train uses for ``s3://`` storage paths.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from mlp.storage import Location, cached_copy, join, normalize
+from mlp.registry.storage import Location, cached_copy, join, normalize
 
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from mlp.config import ConfigError, TrackConfig
-from mlp.storage import Location
-from mlp.tracking import (MLFLOW_FIX, SCALARS, encode_events, event_file, finish_run, flatten, last_logged_epoch,
+from mlp.registry.storage import Location
+from mlp.reports.tracking import (MLFLOW_FIX, SCALARS, encode_events, event_file, finish_run, flatten, last_logged_epoch,
                           log_epochs, mlflow_target, require_mlflow, start_run, tag_trial_runs, tfrecord,
                           write_tensorboard)
 
@@ -133,7 +133,7 @@ def test_training_run_in_mlflow(tmp_path: Path) -> None:
 def test_trial_runs_are_tagged_by_sweep_and_trial(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mlp.tracking import ensure_experiment
+    from mlp.reports.tracking import ensure_experiment
 
     target = mlflow_target(TrackConfig(mlflow=str(tmp_path / "ml")))
     client = MlflowClient(target.tracking_uri)
@@ -152,8 +152,9 @@ def test_missing_mlflow_is_a_clear_config_error(tmp_path: Path, monkeypatch: pyt
     script = textwrap.dedent(f"""
         import sys
         sys.modules["mlflow"] = None  # what an environment without the package looks like to import
+        import mlp.distributed.run
         import mlp.train
-        mlp.train.init_ray = lambda: sys.exit(99)  # the refusal must come before Ray starts
+        mlp.distributed.run.init_ray = lambda: sys.exit(99)  # the refusal must come before Ray starts
         sys.exit(mlp.train.main(["--data.dataset", "synthetic", "--run.storage_path", {str(tmp_path / "runs")!r},
                                  "--track.mlflow", {str(tmp_path / "ml")!r}]))
     """)

@@ -8,7 +8,7 @@ Layout, beside Ray Train's ``checkpoint_*`` folders under ``<run.storage_path>/<
     summary.json    the final result, written by the driver
 
 Nothing here is written by a worker on its own disk: ``RunRecorder`` runs in
-Ray Train's controller and writes through ``mlp.storage``, so the files land
+Ray Train's controller and writes through ``mlp.registry.storage``, so the files land
 on the run's storage whatever node rank 0 is on. ``metrics.jsonl`` is rebuilt
 whole from the history stored in each reported checkpoint, so a resumed run
 ends with every epoch once, whatever a previous attempt wrote.
@@ -31,7 +31,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from mlp.storage import Location, join
+from mlp.console import CommandError
+from mlp.registry.storage import Location, join
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ RANKS_FILE = "ranks.json"
 NODE_KEYS = ("node_id", "node_ip")  # what each worker adds to its report; not an epoch metric
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(CommandError, RuntimeError):
     """Another live process is training this run; two writers would corrupt it."""
 
 

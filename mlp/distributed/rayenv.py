@@ -5,7 +5,7 @@ Two kinds, because Ray reads them in two places:
 * ``CLUSTER_ENV`` is read when a node's processes start (the raylet, its workers,
   Serve's proxies and replicas). It takes effect where the project starts a
   cluster itself (``init_ray`` without ``RAY_ADDRESS``, the test sessions), or
-  where it is exported before ``ray start``: ``eval "$(python -m mlp.rayenv)"``,
+  where it is exported before ``ray start``: ``eval "$(python -m mlp.distributed.rayenv)"``,
   the cluster launcher's start commands and the KubeRay manifests
   (``tests/unit/test_cluster_files.py`` checks they carry the same values).
 * ``DRIVER_ENV`` is read by Ray Train's controller and Ray Tune in the driver
@@ -76,5 +76,5 @@ def shell_exports() -> str:
     return "\n".join(f"export {key}={value}" for key, value in {**CLUSTER_ENV, **DRIVER_ENV}.items())
 
 
-if __name__ == "__main__":  # eval "$(python -m mlp.rayenv)" before `ray start`
+if __name__ == "__main__":  # eval "$(python -m mlp.distributed.rayenv)" before `ray start`
     print(shell_exports())

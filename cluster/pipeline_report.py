@@ -3,7 +3,7 @@
 It sits beside what the sweep or training run already wrote there (its own
 ``report.md``, the sweep plot), links those plots by file name, and adds two
 of its own: the winner's learning curves and the latency histogram of the
-verification pass. Same Markdown helpers as every other report (``mlp.report``).
+verification pass. Same Markdown helpers as every other report (``mlp.reports.run_report``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from mlp.report import fmt, md_config, md_image, md_table, plot_learning_curves, pyplot, save_figure
-from mlp.storage import Location
+from mlp.reports.markdown import fmt, md_config, md_image, md_table, plot_learning_curves, pyplot, save_figure
+from mlp.registry.storage import Location
 from tune.plots import SCATTER_PNG
 
 REPORT_MD = "pipeline_report.md"
@@ -66,7 +66,7 @@ class StageLog:
 def winner_history(folder: Location, summary: dict[str, Any], swept: bool) -> list[dict[str, Any]]:
     """Per-epoch metrics of the model the pipeline promoted: the winner trial's, or the training run's."""
     if not swept:
-        from mlp.runfiles import METRICS_FILE
+        from mlp.distributed.runfiles import METRICS_FILE
 
         path = folder / METRICS_FILE
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []

@@ -4,9 +4,9 @@ Why: Ray waits rather than fails. ``--scaling.use_gpu`` on a cluster without a
 GPU, or more workers than the nodes can hold, leaves a job pending forever,
 and a node-local ``run.storage_path`` shows up only at the first checkpoint.
 ``check_cluster`` finds these up front and raises ``PreflightError`` (exit code
-2 through ``mlp.cli.run_command``): one line per problem, naming the key and the fix.
+2 through ``mlp.console.run_command``): one line per problem, naming the key and the fix.
 
-* **Fit** (``mlp.capacity``, pure and tested without Ray): the request's
+* **Fit** (``mlp.preflight.capacity``, pure and tested without Ray): the request's
   bundles are packed onto the alive nodes' total resources; on an autoscaling
   cluster what fits only later is a note, not a failure.
 * **Storage**: one zero-CPU task pinned to every node that can host a bundle
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence, Union
 
-from mlp.capacity import (Autoscaling, NodeInfo, PreflightError, Purpose, Request, assess, capacity,
+from mlp.preflight.capacity import (Autoscaling, NodeInfo, PreflightError, Purpose, Request, assess, capacity,
                           detect_autoscaling, requests_for, sweep_request)
 from mlp.config import Config
-from mlp.storage import Location, join, local_path, resolve
+from mlp.registry.storage import Location, join, local_path, resolve
 
 __all__ = ["PreflightError", "PreflightReport", "check_cluster", "sweep_request"]
 

@@ -5,7 +5,7 @@ val accuracy, epochs run, whether ASHA stopped it early, its seconds, and the
 node it ran on (``node_id``; for a multi-worker trial, rank 0's node). The
 per-epoch validation curves travel beside the rows for ``tune.plots``.
 Reads Tune's ``ResultGrid`` once (``collect``); everything after works on plain dicts.
-``report.md`` has the same form as a training run's (``mlp.report``): the ranked
+``report.md`` has the same form as a training run's (``mlp.reports.run_report``): the ranked
 table, the two plots of ``tune.plots``, the winner and where it was promoted.
 """
 
@@ -18,8 +18,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from mlp.report import REPORT_MD, fmt, md_config, md_image, md_table
-from mlp.storage import Location
+from mlp.reports.markdown import REPORT_MD, fmt, md_config, md_image, md_table
+from mlp.registry.storage import Location
 from tune.space import Dim
 
 TABLE_CSV = "trials.csv"

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 from ray.train import UserCallback
 
-from mlp.runfiles import NODE_KEYS, RunFiles, checkpoint_history, epoch_metrics
-from mlp.tracking import MlflowRun, log_epochs, write_tensorboard
+from mlp.distributed.runfiles import NODE_KEYS, RunFiles, checkpoint_history, epoch_metrics
+from mlp.reports.tracking import MlflowRun, log_epochs, write_tensorboard
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ TensorBoard
     history: wall times come from the history's timestamps, and rewriting it
     after each checkpoint gives the same bytes with one more epoch at the end.
     A live TensorBoard therefore sees a file that only grows, and a resumed run
-    ends with each epoch exactly once. It is written through ``mlp.storage``
+    ends with each epoch exactly once. It is written through ``mlp.registry.storage``
     (any node, local folder or ``s3://``) by Ray Train's controller, never by a
     worker on its own disk. Tune trials keep Tune's own event files.
 
@@ -37,7 +37,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from urllib.parse import urlparse
 
 from mlp.config import ConfigError, TrackConfig
-from mlp.storage import Location, PathLike, is_uri, resolve
+from mlp.registry.storage import Location, PathLike, is_uri, resolve
 
 log = logging.getLogger(__name__)
 

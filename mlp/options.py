@@ -9,20 +9,16 @@ adds its ``--section.field`` flag and its ``--help`` line.
 from __future__ import annotations
 
 import argparse
-import atexit
 import dataclasses
-import os
 import sys
-import threading
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 
 from mlp.config import Config, ConfigError
-from mlp.data import DataNotFoundError
 
 _MISSING = object()
 
@@ -239,71 +235,3 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     except ConfigError as err:
         print(f"{parser.prog}: error: config {err.key}: {err.message}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-class RunInterrupted(RuntimeError):
-    """A run or sweep stopped before it finished; the message says how to resume it."""
-
-
-def run_command(prog: str, action: Callable[[], Any]) -> int:
-    """Run a command's body and map the expected failures to one stderr line and an exit code.
-
-    2: a config error found late (e.g. a search space) or a request the cluster cannot
-    run (``mlp.preflight``, one line per problem); 1: no dataset, or the run is being
-    trained by another live process; 130: interrupted.
-    Shared by every console script so they fail the same way.
-    """
-    from mlp.preflight import PreflightError  # here, not at the top: it pulls in pyarrow
-    from mlp.runfiles import RunBusyError
-
-    try:
-        action()
-    except ConfigError as err:
-        print(f"{prog}: error: config {err.key}: {err.message}", file=sys.stderr)
-        return 2
-    except PreflightError as err:
-        for problem in err.problems:
-            print(f"{prog}: error: preflight: {problem}", file=sys.stderr)
-        return 2
-    except (DataNotFoundError, RunBusyError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
-    except RunInterrupted as err:
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 130
-    return 0
-
-
-def exit_now(code: int) -> NoReturn:
-    """End a console script that has finished its work, skipping the interpreter's teardown.
-
-    Why: with torch, Ray and pyarrow loaded, CPython's own finalisation (freeing
-    every module) takes 0.5-1.3 s on a 2-core node after the result is already
-    printed. Everything a normal exit does for the user still happens here, in
-    the same order: other non-daemon threads are joined, ``atexit`` handlers run
-    (Ray's shutdown and logging's flush among them), and stdout/stderr are
-    flushed; only then does ``os._exit`` end the process. Console scripts call
-    it (through :func:`console_script`); tests call ``main()`` and never reach it.
-    """
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # closed, or a pipe whose reader has gone
-                pass
-        os._exit(code)
-
-
-def console_script(main: Callable[[], int]) -> Callable[[], NoReturn]:
-    """The entry point ``pyproject.toml`` names for a command: ``main()``, then :func:`exit_now`."""
-
-    def cli() -> NoReturn:
-        exit_now(main())
-
-    cli.__doc__ = f"The console script of {main.__module__}: main(), then a prompt exit (mlp.cli.exit_now)."
-    return cli

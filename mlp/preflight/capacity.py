@@ -1,4 +1,4 @@
-"""Will the request ever fit the cluster? The pure half of the preflight (``mlp.preflight``).
+"""Will the request ever fit the cluster? The pure half of the preflight (``mlp.preflight.checks``).
 
 A request's bundles (``scaling.num_workers`` x ``{CPU, GPU}``, ``serve.min_replicas``
 x ``{CPU}``, one trial's ``tune.workers_per_trial`` x ``{CPU, GPU}``) are packed
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 from mlp.config import Config
+from mlp.console import CommandError
 
 Purpose = Literal["train", "sweep", "serve"]
 Bundle = Mapping[str, float]
@@ -33,12 +34,17 @@ _SEARCH_STEPS = 100_000  # placement search budget for mixed bundles; past it we
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-class PreflightError(RuntimeError):
+class PreflightError(CommandError, RuntimeError):
     """The cluster cannot run the request; ``problems`` holds one line per problem, each naming the fix."""
+
+    exit_code = 2
 
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+
+    def lines(self) -> list[str]:
+        return [f"preflight: {problem}" for problem in self.problems]
 
 
 # ---------------------------------------------------------------- packing (pure)

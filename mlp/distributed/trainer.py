@@ -18,14 +18,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from mlp import rayenv
+from mlp.distributed import rayenv
 from mlp.checkpoint import save_checkpoint
 from mlp.config import Config
 from mlp.loop import fit, prepare, set_threads
-from mlp.recorder import RunRecorder
-from mlp.runfiles import RunFiles, node_of_this_process
-from mlp.storage import normalize
-from mlp.tracking import MlflowRun
+from mlp.distributed.recorder import RunRecorder
+from mlp.distributed.runfiles import RunFiles, node_of_this_process
+from mlp.registry.storage import normalize
+from mlp.reports.tracking import MlflowRun
 
 
 def progress_line(metrics: dict[str, Any], epochs: int) -> str:
@@ -76,14 +76,14 @@ def train_worker(config: dict[str, Any]) -> None:
         model, optimizer, data, state = prepare(cfg, device)
     exchange = None  # what sums the gradients over the ranks, and times it (None with one worker)
     if world > 1 and device.type == "cpu" and cfg.scaling.shared_memory_allreduce:
-        from mlp.allreduce import share_gradients
+        from mlp.distributed.allreduce import share_gradients
 
         exchange = share_gradients(model, optimizer)  # collective; None when the ranks cannot share memory
     if exchange is None:
         # Wraps in DDP only when world > 1; moves to the worker's GPU when use_gpu.
         model = ray.train.torch.prepare_model(model, move_to_device=device)
         if world > 1 and device.type == "cpu":
-            from mlp.allreduce import time_ddp_exchange
+            from mlp.distributed.allreduce import time_ddp_exchange
 
             exchange = time_ddp_exchange(model)
     node = node_of_this_process()
@@ -103,7 +103,7 @@ def train_worker(config: dict[str, Any]) -> None:
     spent = [0.0]  # exchange seconds up to the previous epoch
 
     def exchange_seconds() -> dict[str, Any]:
-        """This epoch's seconds in the gradient exchange: the run's advice reads them (``mlp.report``)."""
+        """This epoch's seconds in the gradient exchange: the run's advice reads them (``mlp.reports.run_report``)."""
         if exchange is None:
             return {}
         epoch_s, spent[0] = exchange.exchange_s - spent[0], exchange.exchange_s

@@ -23,9 +23,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from mlp import registry
 from mlp.checkpoint import CheckpointError, load_model, read_config, read_state
-from mlp.cli import console_script, load_yaml, run_command
+from mlp.console import console_script, run_command
+from mlp.options import load_yaml
 from mlp.config import Config, RegistryConfig
-from mlp.storage import Location, local_copy, local_path
+from mlp.registry.storage import Location, local_copy, local_path
 
 PROG = "mlp-registry"
 REFERENCE_HELP = "latest, a version vN, or an alias name (champion, ...)"
@@ -274,7 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def run_registry_command(action: Callable[[], Any]) -> int:
-    """``mlp.cli.run_command``'s exit codes, plus the registry's refusals: 2 for a request that cannot be
+    """``mlp.console.run_command``'s exit codes, plus the registry's refusals: 2 for a request that cannot be
     done as asked (unknown version or alias, reserved name, not a checkpoint), 1 for storage failures."""
     try:
         return run_command(PROG, action)

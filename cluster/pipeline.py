@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional, Sequence
 
-from cluster.stages import resolved, running_as_job, train_and_promote, verify_and_report
 from mlp.console import console_script, run_command
 from mlp.options import make_parser, parse_config
 
@@ -53,6 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.verify_batch_size < 1:
         parser.error(f"--verify-batch-size must be >= 1, got {args.verify_batch_size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from cluster.stages import resolved, running_as_job, train_and_promote, verify_and_report
     from cluster.pipeline_report import StageLog
 
     cfg = resolved(cfg, args.skip_sweep)

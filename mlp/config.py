@@ -7,17 +7,21 @@ named before anything is written. Across the Ray boundary the config travels as
 a plain dict (``to_dict``) and is rebuilt with ``from_dict`` on the other side;
 no other code handles raw dicts.
 
-The generic loading and CLI machinery lives in ``mlp.options``; this file only
-declares the fields.
+``from_dict`` (with ``coerce`` and ``build``, below) needs no CLI module: the
+parsers in ``mlp.options`` end in it, and Ray workers call it directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
+
+import yaml
 
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
 ACTIVATIONS = ("relu", "tanh", "gelu")
@@ -339,6 +343,61 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         """Rebuild and validate from ``to_dict`` output or a YAML mapping."""
-        from mlp.options import build_dataclass
+        return build(cls, data)
 
-        return build_dataclass(cls, data, prefix="")
+
+_CHECKS = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"),
+           float: ((int, float), "a number"), str: ((str, int, float), "text")}
+
+
+def coerce(key: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; strings (CLI) are read as YAML scalars first.
+
+    Numbers widen (int -> float) but never narrow, and bools are never numbers, so
+    ``--optim.lr true`` is refused rather than read as 1. ``none``/``null``/``~`` fill Optional fields.
+    """
+    args = typing.get_args(tp)
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+        if type(None) in args:
+            return None
+        raise ConfigError(key, "a value is required")
+    if type(None) in args:  # Optional[X] -> X
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):  # "256,128", "[256, 128]" or "100"
+            value = [v for v in (p.strip() for p in value.strip().strip("[]").split(",")) if v]
+        return [coerce(key, args[0], v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return {str(k): coerce(f"{key}.{k}", args[1], v) for k, v in value.items()}
+    if tp not in _CHECKS:
+        raise ConfigError(key, f"unsupported type {tp!r}")
+    if isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(key, f"cannot read {value!r} as {tp.__name__}") from None
+    types_ok, wanted = _CHECKS[tp]
+    if isinstance(value, types_ok) and (tp is bool or not isinstance(value, bool)):
+        return tp(value)
+    raise ConfigError(key, f"expected {wanted}, got {value!r}")
+
+
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from a nested mapping, refusing unknown keys by their dotted name."""
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "<config>", f"expected a mapping, got {data!r}")
+    hints, names = typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name in (n for n in names if n in data):
+        tp, key = hints[name], f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            values[name] = build(tp, data[name] or {}, key + ".")
+        else:
+            values[name] = coerce(key, tp, data[name])
+    return cls(**values)

@@ -1,6 +1,6 @@
 """``mlp train`` (also ``mlp-train``, ``python -m mlp.train``): train the MLP data-parallel on Ray Train.
 
-Parses the config, runs ``mlp.distributed.run.run_training`` and prints its summary;
+Parses the config (``--help`` and a bad option load neither torch nor Ray), runs ``mlp.distributed.run.run_training`` and prints its summary;
 the work itself is library code that the sweep and the pipeline share.
 """
 
@@ -10,7 +10,6 @@ import logging
 from typing import Optional, Sequence
 
 from mlp.console import console_script, run_command
-from mlp.distributed.run import print_summary, run_training
 from mlp.options import make_parser, parse_config
 
 
@@ -25,6 +24,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--promote", action="store_true", help="copy the result into the model registry")
     cfg, args = parse_config(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from mlp.distributed.run import print_summary, run_training  # torch and Ray: after --help and bad options
+
     return run_command(parser.prog, lambda: print_summary(run_training(cfg, promote=args.promote)))
 
 

@@ -15,8 +15,6 @@ import sys
 from typing import Optional, Sequence
 
 from mlp.options import make_parser, parse_config
-from serve.deploy import deploy_command, serve_until_interrupted
-from serve.predictor import ModelSource
 
 log = logging.getLogger("serve")
 
@@ -26,6 +24,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "(JSON pixels or PNG/JPEG images to POST /predict; docs at /docs).",
                          sections=("serve", "registry"))
     cfg, _ = parse_config(parser, argv)
+    from serve.deploy import deploy_command, serve_until_interrupted  # Ray and torch: after --help and bad options
+    from serve.predictor import ModelSource
+
     source = ModelSource.from_config(cfg)
     try:
         folder = source.resolve()  # fail here, with the fix in the message, not inside a replica

@@ -26,7 +26,7 @@ or ``$MLP_ADMIN_TOKEN``) and is off without a token (``serve.options.admin_acces
 (``serve.web.openapi_document``); images decode in a bounded thread pool
 (``serve.web.DecodePool``), never on the event loop that answers ``/healthz``.
 
-Health: a replica gets traffic only once it holds a model. Ray Serve 2.60
+Health: a replica gets traffic only once it holds a model. Ray Serve
 marks a replica RUNNING (the only state requests are routed to) after its
 constructor, ``reconfigure`` and a first ``check_health`` have all returned;
 any of them raising counts as a failed start and the replica is replaced.
@@ -99,16 +99,16 @@ def serve_http_host() -> str:
     """The address Serve's HTTP ingress binds (``http_options.host``), asked of the controller.
 
     The config's ``serve.host`` is not enough: a ``serve deploy`` YAML sets ``http_options.host`` on its own.
-    Ray 2.60 has no public call for it; the client below is what ``serve.get_app_handle`` uses. If the
-    controller cannot say, the address counts as exposed (the admin route then needs a token).
+    Serve has no public call for it (``mlp.distributed.ray_compat``). If the controller cannot say,
+    the address counts as exposed (the admin route then needs a token).
     """
-    try:
-        from ray.serve.context import _get_global_client
+    from mlp.distributed.ray_compat import serve_http_host as bound_host
 
-        return _get_global_client().http_config.host
-    except Exception as err:  # noqa: BLE001 - any failure: fail closed
-        log.warning("cannot ask Serve which address it binds (%r); POST /admin/reload will need a token", err)
+    host = bound_host()
+    if host is None:
+        log.warning("POST /admin/reload will need a token: Serve did not say which address it binds")
         return UNKNOWN_HOST
+    return host
 
 
 def base_openapi() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 When ASHA stops a trial that runs a ``TorchTrainer``, Tune kills the trial's
 actor; the Train controller it owns dies with it, but the placement group
-holding the workers' CPUs does not. Ray Train 2.60 removes it from a detached
+holding the workers' CPUs does not. Ray Train removes it from a detached
 ``PlacementGroupCleaner`` that asks the State API whether the controller is
 alive, at the address it auto-detects (``RAY_API_SERVER_ADDRESS``,
 ``RAY_ADDRESS``, else the newest ``ray start`` cluster on the machine). With
@@ -20,15 +20,15 @@ removed it, and the watchdog just exits.
 It acts only where it is needed and only where it was tested, because it
 plugs into Ray Train's internal callback interfaces:
 
-* on a Ray version other than ``SUPPORTED_RAY`` (2.60.x) it is an inert
+* on a Ray version ``mlp.distributed.ray_compat`` was not written for it is an inert
   ``ray.train.UserCallback`` and nothing internal is imported;
-* on 2.60.x it asks, once per run in the controller, the State API question
+* on a supported Ray it asks, once per run in the controller, the State API question
   Ray's cleaner will ask (is this controller alive?) through the same address
   auto-detection. Answered: Ray's cleaner does the job and no watchdog starts.
   An error (the dashboard is off: nothing serves the State API), a cluster
   that does not know this controller, or no answer within ``PROBE_TIMEOUT_S``:
   the watchdog starts. (A dashboard-off cluster cannot be told apart cheaply:
-  Ray 2.60 registers a dashboard address for it all the same.)
+  Ray registers a dashboard address for it all the same.)
 """
 
 from __future__ import annotations
@@ -40,26 +40,15 @@ from typing import Any, Optional
 
 import ray
 
+from mlp.distributed.ray_compat import RAY_SERIES, supported, train_controller_callback_bases, worker_group_placement_group
+
 log = logging.getLogger(__name__)
-SUPPORTED_RAY = "2.60."  # the Ray Train internals below were read and tested on these versions only
 PING_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 30.0  # a controller busy for longer than this is still treated as alive
 PROBE_TIMEOUT_S = 8.0  # the State API question; its address lookup alone can retry for 40 s
 
 
-def supported_ray(version: Optional[str] = None) -> bool:
-    """Whether ``version`` (default: the installed Ray) is one this module was written against."""
-    return (version or ray.__version__).startswith(SUPPORTED_RAY)
-
-
-if supported_ray():
-    from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
-
-    _BASES: tuple[type, ...] = (ControllerCallback, WorkerGroupCallback)
-else:  # another Ray: trust its own cleaner; a UserCallback with no hooks changes nothing
-    from ray.train import UserCallback
-
-    _BASES = (UserCallback,)
+_BASES = train_controller_callback_bases()  # another Ray: a UserCallback with no hooks, trusting Ray's cleaner
 
 
 def _state_api_sees(actor_id: str) -> Optional[str]:
@@ -97,9 +86,9 @@ def decide() -> tuple[bool, str]:
 
     Call it inside an actor: the question is whether the State API sees *this* actor.
     """
-    if not supported_ray():
+    if not supported():
         return False, (f"Ray {ray.__version__} is not a version tune.release was written for "
-                       f"({SUPPORTED_RAY}x); relying on Ray Train's own PlacementGroupCleaner")
+                       f"({RAY_SERIES}x); relying on Ray Train's own PlacementGroupCleaner")
     actor_id = ray.get_runtime_context().get_actor_id()
     if actor_id is None:
         return True, "not running in an actor, so the State API cannot be checked"
@@ -144,7 +133,7 @@ class ReleaseStoppedWorkers(*_BASES):  # type: ignore[misc]
     """Runs in the Train controller: watch each worker group's placement group from outside, if needed.
 
     The State API question runs in a thread from controller start, so it overlaps the worker
-    group's start instead of delaying it. On a Ray version other than ``SUPPORTED_RAY`` this is
+    group's start instead of delaying it. On a Ray version ``ray_compat`` does not support this is
     a plain ``UserCallback`` with no hooks.
     """
 
@@ -186,7 +175,7 @@ class ReleaseStoppedWorkers(*_BASES):  # type: ignore[misc]
     def after_worker_group_start(self, worker_group: Any) -> None:
         if not self.active:
             return
-        placement_group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+        placement_group = worker_group_placement_group(worker_group)
         # Detached, and outside the trial's placement group (Tune captures child actors
         # into it and kills them all when the trial stops): it must outlive both.
         _Watchdog.options(lifetime="detached", scheduling_strategy="DEFAULT").remote(self._controller, placement_group)

@@ -28,7 +28,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from mlp.options import coerce
+from mlp.config import coerce
 from mlp.config import Config, ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "randint", "lograndint")

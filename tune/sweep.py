@@ -12,7 +12,6 @@ from typing import Optional, Sequence
 
 from mlp.console import console_script, run_command
 from mlp.options import make_parser, parse_config
-from tune.tuner import check_space, promote_finished, run_sweep
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -33,6 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.resume:
         cfg = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, resume=True))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from tune.tuner import check_space, promote_finished, run_sweep  # Ray and torch: after --help and bad options
 
     def sweep() -> None:
         check_space(cfg)

@@ -9,7 +9,7 @@ A trial is mlp's own training loop with sampled hyperparameters, run one of two 
 * ``trainer``: the trial builds mlp's ``TorchTrainer`` (``mlp.distributed.build_trainer``,
   the project's one ``ScalingConfig``) and calls ``fit()``; Train workers report
   with ``ray.train.report`` and ``TuneReportCallback`` forwards that to Tune.
-  This is the Ray 2.60 way of tuning multi-worker runs (``Tuner(TorchTrainer)``
+  This is the current Ray way of tuning multi-worker runs (``Tuner(TorchTrainer)``
   is deprecated).
 
 ``plan_trials`` sizes both so that concurrent trials always fit the cluster:

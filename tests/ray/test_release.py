@@ -34,6 +34,7 @@ from ray.util.placement_group import PlacementGroup, placement_group_table, remo
 from ray.util.state import list_actors
 
 from mlp.distributed.runfiles import RunFiles
+from mlp.distributed import ray_compat
 from tune import release
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,11 +118,11 @@ def figures(tmp_path_factory):
 
 
 def test_supported_versions() -> None:
-    assert release.supported_ray() == ray.__version__.startswith("2.60.")
-    assert release.supported_ray("2.60.0") and release.supported_ray("2.60.7")
-    assert not any(release.supported_ray(v) for v in ("2.6.0", "2.61.0", "2.600.1", "3.60.0", "2.59.9"))
+    assert ray_compat.supported() == ray.__version__.startswith("2.60.")
+    assert ray_compat.supported("2.60.0") and ray_compat.supported("2.60.7")
+    assert not any(ray_compat.supported(v) for v in ("2.6.0", "2.61.0", "2.600.1", "3.60.0", "2.59.9"))
     hooks = {"ControllerCallback", "WorkerGroupCallback"} <= {c.__name__ for c in release.ReleaseStoppedWorkers.__mro__}
-    assert hooks == release.supported_ray()  # the installed Ray (the project pins 2.60.*) gets the real callback
+    assert hooks == ray_compat.supported()  # the installed Ray (the project pins 2.60.*) gets the real callback
 
 
 def test_other_ray_versions_get_an_inert_callback() -> None:

@@ -1,1 +1,7 @@
-"""Ray Serve HTTP inference for promoted models."""
+"""Ray Serve HTTP inference for promoted models.
+
+``__main__`` is the command (``mlp serve``); ``deploy`` starts the application;
+``app`` is the deployment; ``web``, ``inputs`` and ``images`` turn requests into model
+inputs and errors; ``predictor`` loads and follows a registry version; ``options``
+turns the config into Serve's options; ``endpoint`` and ``client`` talk to a running one.
+"""

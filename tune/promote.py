@@ -48,7 +48,7 @@ def _exists(checkpoint: Any) -> bool:
 def prune_checkpoints(results: Any, keep: int) -> int:
     """After a sweep, keep each trial's ``keep`` best checkpoints by val accuracy; returns how many went.
 
-    Trials keep every epoch's checkpoint while the sweep runs (see ``tune.sweep.make_tuner``).
+    Trials keep every epoch's checkpoint while the sweep runs (see ``tune.tuner.make_tuner``).
     """
     removed = 0
     for result in results:

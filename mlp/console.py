@@ -58,7 +58,7 @@ def exit_now(code: int) -> NoReturn:
     """End a console script that has finished its work, skipping the interpreter's teardown.
 
     Why: with torch, Ray and pyarrow loaded, CPython's own finalisation (freeing
-    every module) takes 0.5-1.3 s on a 2-core node after the result is already
+    every module) takes a while (BENCHMARKS.md) after the result is already
     printed. Everything a normal exit does for the user still happens here, in
     the same order: other non-daemon threads are joined, ``atexit`` handlers run
     (Ray's shutdown and logging's flush among them), and stdout/stderr are

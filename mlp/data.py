@@ -149,7 +149,7 @@ def _load_tensors(dataset: str, data_dir: Optional[str], train: bool) -> tuple[t
     split = "train" if train else "test"
     raw = root / TORCHVISION_CLASS[dataset] / "raw" / RAW_FILES[0 if train else 2]
     # Decoded tensors are cached beside the unpacked files' identity (path, size, mtime), so
-    # each Ray worker reads one small file instead of importing torchvision (~2 s saved per start).
+    # each Ray worker reads one small file instead of importing torchvision (BENCHMARKS.md has the saving).
     info = raw.stat()
     stamp = f"{raw.resolve()}:{info.st_size}:{info.st_mtime_ns}"
     cached = cache_dir() / "tensors" / f"{dataset}-{split}-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.pt"

@@ -86,8 +86,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits
 
     The per-step bookkeeping keeps each step's detached loss and logits in a list
     and computes loss and accuracy once at the end: with this model a step is
-    ~0.5 ms and each small tensor operation costs several microseconds of
-    dispatch, so summing per step used to add ~10% to an epoch.
+    short and each small tensor operation pays a fixed dispatch cost, so summing
+    per step used to add a visible share to an epoch (BENCHMARKS.md, one worker).
     """
     model.train()
     device = data.train_x.device

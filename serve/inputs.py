@@ -15,14 +15,14 @@ Accepted JSON bodies (values are floats in [0, 1], the same scale as training,
 
 Parsing is vectorised (one JSON decode, one ``numpy`` conversion, a few
 whole-array checks), because per-value Python checks would cost more than the
-model itself. ``orjson`` decodes when installed (about 7x faster than the
-standard library on 784 floats); the standard library then only runs on bodies
+model itself. ``orjson`` decodes when installed (faster than the standard
+library; docs/serve.md); the standard library then only runs on bodies
 orjson refuses, so NaN/Infinity are still reported by name, not as "malformed".
 
 Before either decoder runs, ``check_structure`` reads the raw bytes (C-speed
-``bytes`` methods, ~10 us on one instance) for what would hurt the decoders
+``bytes`` methods; docs/serve.md has its cost) for what would hurt the decoders
 themselves: nesting deeper than any valid body (orjson overflows the C stack
-and kills the process near 150,000 levels; the standard library raises
+and kills the process when nesting is deep enough; the standard library raises
 RecursionError near 1,000), and more arrays or numbers than the largest valid
 batch (an 8 MB body of ``[],`` would become 2.7 million Python lists).
 """
@@ -127,7 +127,7 @@ def check_structure(body: bytes, max_instances: int) -> None:
     # A full batch of 28x28 instances has 29 arrays and 783 + 27 + 1 commas each. Twice that still reaches
     # the decoder, so a batch a little too large is told its size ("batch of N instances is above ...").
     most = 2 * max_instances
-    commas = most * (INPUT_SIZE + SIDE)  # only a body longer than that can have more (counting costs ~7 us)
+    commas = most * (INPUT_SIZE + SIDE)  # only a body longer than that can have more, so shorter ones skip counting
     if arrays > most * (SIDE + 1) + 2 or (len(body) > commas and body.count(b",") > commas):
         raise InputError(413, f"too many values: more than twice the largest valid batch ({max_instances} "
                               f"instances of {INPUT_SIZE} numbers)")

@@ -7,10 +7,10 @@ servers that do exactly the same per-request work, and the error contract
 (4xx + ``{"error": ..., "status": ...}``) lives in one place.
 
 Images are decoded in a ``DecodePool`` (a few threads per process), never on
-the event loop: a large image costs tens of milliseconds of Pillow and numpy,
-which would otherwise stall every other request of the replica, ``/healthz``
-included. JSON stays on the loop: it is parsed in microseconds for one
-instance, and in threads it would hold the GIL anyway.
+the event loop: a large image keeps Pillow and numpy busy long enough to stall
+every other request of the replica, ``/healthz`` included (docs/serve.md). JSON
+stays on the loop: one instance parses quickly, and in threads it would hold
+the GIL anyway.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class DecodePool:
     request beyond that is refused at once with 503 and ``Retry-After: 1`` instead of queueing without end.
 
     A wait is bounded too: each decode is capped by ``serve.max_image_pixels``, so a request waits at most
-    about ``queue / threads + 1`` decodes (~50 ms each at the default cap on one core).
+    about ``queue / threads + 1`` decodes (docs/serve.md has their time at the default cap).
     """
 
     def __init__(self, threads: int, queue: int) -> None:

@@ -4,8 +4,8 @@ A trial is mlp's own training loop with sampled hyperparameters, run one of two 
 
 * ``process``: ``mlp.loop.fit`` in the trial's own actor, reporting each epoch
   to Tune with a checkpoint. For one worker this is the measured-faster path:
-  a ``TorchTrainer`` per trial costs ~8-10 s of start-up on a small machine
-  (see docs/tune.md and benchmarks/results/tune.md).
+  a ``TorchTrainer`` per trial starts a controller and a worker group first
+  (figures: docs/tune.md and benchmarks/results/tune.md).
 * ``trainer``: the trial builds mlp's ``TorchTrainer`` (``mlp.distributed.build_trainer``,
   the project's one ``ScalingConfig``) and calls ``fit()``; Train workers report
   with ``ray.train.report`` and ``TuneReportCallback`` forwards that to Tune.

@@ -1,9 +1,9 @@
 """Gradient all-reduce through shared memory for data-parallel workers on one machine.
 
-Why: this model's whole gradient is 79,510 floats (318 KB) and a step computes in
-well under a millisecond, so DDP's step time is set by the all-reduce. Gloo sends
-the gradient over loopback TCP (about 1.4 ms between two processes on the
-development machine); this torch build's gloo has no shared-memory path (upstream
+Why: this model's whole gradient is 79,510 floats (318 KB) and a step computes
+quickly, so DDP's step time is set by the all-reduce. Gloo sends the gradient
+over loopback TCP (``benchmarks/bench_allreduce.py`` times both paths; figures in
+BENCHMARKS.md); this torch build's gloo has no shared-memory path (upstream
 gloo added one in pytorch/gloo#458 and reverted it in #490). Workers on the same
 machine can instead read each other's gradients from one shared-memory segment:
 each rank writes its (already averaged) gradient into its own slot, publishes a
@@ -156,7 +156,7 @@ class ShmAllreduce:
         return tensor
 
     def _views(self, parity: int, tensor: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's slot as a tensor shaped like ``tensor``, cached: making them costs ~15 us a call."""
+        """Every rank's slot as a tensor shaped like ``tensor``, cached: remaking them every call is measurable."""
         key = (parity, tensor.dtype, tuple(tensor.shape))
         views = self._view_cache.get(key)
         if views is None:
@@ -288,9 +288,8 @@ class SharedGradients:
 
     Why not DDP with a communication hook: for this model DDP's own per-step
     work in Python (forward pre-hooks, the reducer, a future per bucket) costs
-    more than the exchange itself. Measured outside Ray, 844 steps of 32 samples
-    per rank: 0.77-0.79 s with DDP and the shared-memory hook, 0.47-0.56 s with
-    this step hook, against 0.53 s for one process at batch 64.
+    more than the exchange itself (step times against one process: BENCHMARKS.md,
+    ``benchmarks/bench_allreduce.py``).
 
     Before each ``optimizer.step()`` every rank concatenates its gradients into
     its slot of the segment (divided by the world size), waits for the others,

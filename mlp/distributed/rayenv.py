@@ -41,8 +41,8 @@ CLUSTER_ENV: dict[str, str] = {
 }
 
 DRIVER_ENV: dict[str, str] = {
-    # Ray Train polls its workers every 2 s by default, which adds up to ~5 s between the last
-    # report and fit() returning; 0.2 s makes short runs end promptly.
+    # Ray Train polls its workers every 2 s by default, which delays fit() returning after the last
+    # report (BENCHMARKS.md); 0.2 s makes short runs end promptly.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # Without this Ray Train re-logs every print of a worker, so progress lines appear twice.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",

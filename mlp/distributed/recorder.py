@@ -2,9 +2,8 @@
 
 It runs in Ray Train's controller, a process of its own that unpickles it and
 imports its module there. Keeping this module free of torch (and of the
-training loop) spares the controller that import (1.4-2.8 s in a fresh process
-on a 2-core node; the controller's measured start moved within that machine's
-noise, ``benchmarks/probe_startup_phases.py``).
+training loop) spares the controller that import (its cost, and the controller's
+start before and after, are in BENCHMARKS.md, ``benchmarks/probe_startup_phases.py``).
 """
 
 from __future__ import annotations

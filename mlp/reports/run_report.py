@@ -35,9 +35,9 @@ LARGER_BATCH = 8  # how many times larger a global batch the advice proposes
 def exchange_advice(history: list[dict[str, Any]], workers: int, batch_size: int, lr: float) -> Optional[str]:
     """Advice when exchanging gradients took most of each epoch, with the run's own numbers; else None.
 
-    Why: with a small model each step computes for well under a millisecond, so
-    adding workers can make training slower, not faster (DDP over gloo between
-    two processes measured 4-5x a single process). The epochs' ``exchange_s``
+    Why: with a small model each step computes quickly, so adding workers can
+    make training slower, not faster (DDP over gloo between two processes against
+    a single process: BENCHMARKS.md). The epochs' ``exchange_s``
     (seconds in the gradient exchange, waiting for the slowest rank included)
     says whether that happened here. The first epoch is left out when there
     are more (it includes warm-up).

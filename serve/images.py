@@ -9,7 +9,10 @@ The rule (also in docs/serve.md):
    never on the server's event loop.
 2. EXIF orientation is applied (phone photos), transparency is flattened onto
    white (a transparent background reads as paper), then the image becomes
-   8-bit grayscale.
+   8-bit grayscale. A 16-bit grayscale PNG is scaled to 8 bits first (value /
+   257, rounded: 65535 is 255), never clipped, so it reads as the same picture
+   saved with 8 bits; colour, palette and CMYK images go through Pillow's own
+   conversion to grayscale.
 3. Inversion: the datasets are light ink on a black background. With
    ``invert=auto`` (default) the image is inverted when the mean of its
    outermost one-pixel ring is above 127.5, i.e. when the background is light
@@ -40,6 +43,8 @@ FORMATS = ("PNG", "JPEG")
 INVERT_CHOICES = ("auto", "true", "false")
 BOX = {"mnist": 20}  # longer side of the framed object; other datasets fill the canvas
 INK_LEVEL = 0.2  # share of the brightest pixel that counts as ink when cropping
+# How Pillow opens a 16-bit grayscale PNG; its convert("L") would clip every value above 255 to white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
@@ -59,6 +64,8 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
+        if img.mode in SIXTEEN_BIT_MODES:
+            img = _scaled_to_8_bits(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -66,6 +73,12 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         return img.convert("L")
     except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, broken EXIF, ...
         raise InputError(422, f"cannot decode image (PNG or JPEG expected): {err}") from None
+
+
+def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit grayscale: each value times 255 / 65535, rounded."""
+    values = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), "L")
 
 
 def precheck(data: bytes, max_pixels: int) -> None:

@@ -118,10 +118,19 @@ def test_json_batch_and_single_agree_with_offline_model(endpoint):
     assert singles[0]["class_name"] == endpoint["offline"]["v1"].info.class_names[singles[0]["label"]]
 
 
-def png_bytes(row: torch.Tensor) -> bytes:
+def gray(row: torch.Tensor) -> Image.Image:
+    """A model input row as the 8-bit grayscale picture it came from."""
+    return Image.fromarray(np.rint(row.reshape(28, 28).numpy() * 255).astype(np.uint8), "L")
+
+
+def encoded(img: Image.Image, fmt: str = "PNG", **options) -> bytes:
     out = io.BytesIO()
-    Image.fromarray(np.rint(row.reshape(28, 28).numpy() * 255).astype(np.uint8)).save(out, format="PNG")
+    img.save(out, format=fmt, **options)
     return out.getvalue()
+
+
+def png_bytes(row: torch.Tensor) -> bytes:
+    return encoded(gray(row))
 
 
 def test_png_upload_predicts_like_its_array(endpoint):
@@ -133,6 +142,35 @@ def test_png_upload_predicts_like_its_array(endpoint):
         for answer in (upload, raw):
             assert answer["label"] == as_json["label"]
             assert np.allclose(answer["probabilities"], as_json["probabilities"], atol=1e-6)
+
+
+def picture_forms(row: torch.Tensor) -> dict[str, bytes]:
+    """One picture as a user might have it saved: 8 and 16 bits, colour, palette, CMYK JPEG."""
+    img = gray(row)
+    sixteen = Image.fromarray(np.asarray(img).astype(np.uint16) * 257)  # 0..255 -> 0..65535, as a scanner writes
+    assert sixteen.mode.startswith("I;16")
+    return {"8-bit PNG": encoded(img), "16-bit PNG": encoded(sixteen), "RGB PNG": encoded(img.convert("RGB")),
+            "palette PNG": encoded(img.convert("P")), "CMYK JPEG": encoded(img.convert("CMYK"), "JPEG", quality=100)}
+
+
+def test_every_bit_depth_and_colour_mode_gets_the_same_class(endpoint):
+    """A 16-bit PNG is scaled to 8 bits, not clipped: it gives exactly the 8-bit picture's answer, and RGB,
+    palette and CMYK JPEG copies get its class. The pictures are the ten of 200 the model is surest of
+    (widest lead of the top class), so JPEG's rounding cannot flip them; clipping 16-bit values turns
+    them all white."""
+    http, x = endpoint["http"], endpoint["x"]
+    lead = [np.diff(sorted(p["probabilities"])[-2:])[0] for p in endpoint["offline"]["v1"].predict(x[:200])]
+    sure = sorted(range(200), key=lambda i: lead[i], reverse=True)[:10]
+    assert lead[sure[-1]] > 0.05, lead[sure[-1]]
+    for i in sure:
+        answers = {}
+        for form, data in picture_forms(x[i]).items():
+            resp = http.post("/predict", files={"file": (f"{i}.img", data)})
+            assert resp.status_code == 200, (form, resp.text)
+            answers[form] = resp.json()
+        assert {form: a["label"] for form, a in answers.items()} == {form: answers["8-bit PNG"]["label"]
+                                                                      for form in answers}, i
+        assert answers["16-bit PNG"]["probabilities"] == answers["8-bit PNG"]["probabilities"]
 
 
 def _image(size: tuple[int, int], fmt: str = "PNG") -> bytes:

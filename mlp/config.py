@@ -25,6 +25,8 @@ import yaml
 
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
 ACTIVATIONS = ("relu", "tanh", "gelu")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
 SEARCHERS = ("random", "grid", "optuna")
 TRIAL_RUNNERS = ("auto", "process", "trainer")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group names
@@ -66,9 +68,11 @@ class ModelConfig:
         metadata=_help("widths of the hidden layers, e.g. 100 or 256,128"),
     )
     activation: str = field(default="relu", metadata=_help("hidden activation: relu | tanh | gelu"))
+    dropout: float = field(default=0.0, metadata=_help("dropout after each hidden layer while training, in [0, 1)"))
 
     def __post_init__(self) -> None:
         _require(len(self.hidden_sizes) > 0, "model.hidden_sizes", "needs at least one layer")
+        _require(0 <= self.dropout < 1, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         for size in self.hidden_sizes:
             _require(size >= 1, "model.hidden_sizes", f"every width must be >= 1, got {size}")
         _require(self.activation in ACTIVATIONS, "model.activation",
@@ -77,14 +81,30 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = field(default=0.01, metadata=_help("SGD learning rate"))
-    momentum: float = field(default=0.0, metadata=_help("SGD momentum in [0, 1)"))
-    weight_decay: float = field(default=0.0, metadata=_help("L2 weight decay (>= 0)"))
+    name: str = field(default="sgd", metadata=_help("optimizer: sgd | adam | adamw"))
+    lr: float = field(default=0.01, metadata=_help("learning rate (the first epoch's, under a schedule)"))
+    momentum: float = field(default=0.0, metadata=_help("SGD momentum in [0, 1); sgd only"))
+    weight_decay: float = field(
+        default=0.0, metadata=_help("weight decay (>= 0): L2 for sgd and adam, decoupled for adamw"))
+    schedule: str = field(
+        default="constant",
+        metadata=_help("learning rate per epoch: constant | cosine (lr down to 0 over train.epochs) | "
+                       "step (lr x gamma every step_size epochs)"))
+    step_size: int = field(default=3, metadata=_help("schedule step: epochs between decays"))
+    gamma: float = field(default=0.1, metadata=_help("schedule step: factor at each decay, in (0, 1]"))
 
     def __post_init__(self) -> None:
+        _require(self.name in OPTIMIZERS, "optim.name",
+                 f"must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         _require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.momentum == 0 or self.name == "sgd", "optim.momentum",
+                 f"applies to sgd only; {self.name} keeps its own moment estimates (set it to 0)")
         _require(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.schedule in SCHEDULES, "optim.schedule",
+                 f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _require(self.step_size >= 1, "optim.step_size", f"must be >= 1, got {self.step_size}")
+        _require(0 < self.gamma <= 1, "optim.gamma", f"must be in (0, 1], got {self.gamma}")
 
 
 @dataclass

@@ -9,6 +9,7 @@ this same loop.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,8 +39,27 @@ class RunState:
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                           weight_decay=cfg.optim.weight_decay)
+    """The optimizer ``optim.name`` names, at the first epoch's learning rate."""
+    opt = cfg.optim
+    if opt.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) under ``optim.schedule``.
+
+    A function of the epoch alone, not a scheduler object with state: a resumed run
+    sets the same rate as an uninterrupted one with nothing extra in the checkpoint.
+    """
+    opt = cfg.optim
+    if opt.schedule == "cosine":
+        return opt.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.train.epochs))
+    if opt.schedule == "step":
+        return opt.lr * opt.gamma ** (epoch // opt.step_size)
+    return opt.lr
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -118,6 +138,8 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
     """
     target = cfg.train.target_accuracy
     for epoch in range(state.epoch, cfg.train.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
         started = time.perf_counter()
         train_loss, train_acc, samples = train_epoch(model, optimizer, data, cfg, epoch, rank, world)
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y)

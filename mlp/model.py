@@ -25,6 +25,8 @@ class MLP(nn.Sequential):
         width = INPUT_SIZE
         for hidden in cfg.hidden_sizes:
             layers += [nn.Linear(width, hidden), _ACTIVATIONS[cfg.activation]()]
+            if cfg.dropout > 0:  # only then: a model without dropout keeps the layer numbering of older checkpoints
+                layers.append(nn.Dropout(cfg.dropout))
             width = hidden
         layers.append(nn.Linear(width, NUM_CLASSES))
         super().__init__(*layers)

@@ -28,8 +28,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from mlp.config import coerce
-from mlp.config import Config, ConfigError
+from mlp.config import Config, ConfigError, coerce
 
 KINDS = ("choice", "uniform", "loguniform", "randint", "lograndint")
 RANGE_KINDS = KINDS[1:]

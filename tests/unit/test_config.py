@@ -95,7 +95,8 @@ def test_cli_bad_option_exits_2_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_help_explains_every_training_option() -> None:
     text = make_parser("mlp-train", "x", sections=("optim", "scaling")).format_help()
-    assert "--optim.lr" in text and "SGD learning rate" in text and "(default: 0.01)" in text
+    assert "--optim.lr" in text and "learning rate (the first epoch's" in text and "(default: 0.01)" in text
+    assert "--optim.name" in text and "sgd | adam | adamw" in text and "(default: sgd)" in text
     assert "--scaling.num_workers" in text
 
 

@@ -39,7 +39,7 @@ if not floor:
     from mlp.distributed.trainer import build_trainer, init_ray, train_worker
     from mlp.preflight.checks import check_cluster
     from mlp.distributed.runfiles import RunFiles
-    from mlp.data import check_available
+    from mlp.data import resolve_data
     from mlp.loop import evaluate_checkpoint
 else:  # Ray's own floor: the same cluster settings, an empty train function, no project code in Ray's processes
     import ray
@@ -102,7 +102,7 @@ else:
     cfg = Config.from_dict({"data": {"dataset": "fashion-mnist"}, "train": {"epochs": epochs},
                             "scaling": {"num_workers": workers},
                             "run": {"name": "probe", "storage_path": out}})
-    check_available(cfg.data)
+    cfg = resolve_data(cfg)
     stamps["dataset found"] = time.time()
     init_ray()
     stamps["ray.init returned"] = time.time()

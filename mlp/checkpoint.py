@@ -136,7 +136,7 @@ def load_model(folder: PathLike, device: str | torch.device = "cpu") -> tuple[ML
     folder = Path(folder)
     weights_path = _require(folder, WEIGHTS_FILE)
     cfg = read_config(folder)
-    model = build_model(cfg.model, seed=cfg.data.seed)
+    model = build_model(cfg.model, cfg.data.seed, cfg.schema.input_size, cfg.schema.num_classes)
     _load_into(model, weights_path, folder / CONFIG_FILE)
     return model.to(device).eval(), cfg
 

@@ -109,7 +109,17 @@ class OptimConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = field(default="mnist", metadata=_help("mnist | fashion-mnist | synthetic"))
+    dataset: str = field(default="mnist", metadata=_help("built-in dataset: mnist | fashion-mnist | synthetic"))
+    source: Optional[str] = field(
+        default=None,
+        metadata=_help("your own table instead: a Parquet or CSV file, folder or glob, local or a URI such as "
+                       "s3://bucket/table/ (a built-in name works too, as data.dataset)"),
+    )
+    label: str = field(default="label", metadata=_help("the table's label column"))
+    features: list[str] = field(
+        default_factory=list, metadata=_help("the table's feature columns, e.g. a,b,c (default: every other column)"))
+    test_fraction: float = field(
+        default=0.2, metadata=_help("share of a table's rows held out for the final test (built-ins have their own)"))
     dir: Optional[str] = field(
         default=None,
         metadata=_help("folder holding the IDX files (searched first; then $MLP_DATA_DIR, "
@@ -120,10 +130,45 @@ class DataConfig:
     synthetic_size: int = field(default=6000, metadata=_help("training samples of the synthetic dataset"))
 
     def __post_init__(self) -> None:
+        if self.source in DATASETS:  # --data.source fashion-mnist is the built-in, as --data.dataset says
+            self.dataset, self.source = self.source, None
+        _require(self.source is None or bool(self.source.strip()), "data.source", "must be a path or URI (or unset)")
+        _require(bool(self.label), "data.label", "must name a column")
+        _require(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _require(self.dataset in DATASETS, "data.dataset",
                  f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(self.synthetic_size >= 100, "data.synthetic_size", f"must be >= 100, got {self.synthetic_size}")
+
+
+@dataclass
+class SchemaConfig:
+    """What the model's input and output are, inferred from the data by the driver (``mlp.data.resolve_data``).
+
+    Not an option to set by hand: it is filled before training starts and travels with
+    the config into every worker, checkpoint and registry version, so evaluation and
+    serving rebuild the model and its preprocessing from the checkpoint alone.
+    """
+
+    DERIVED = True  # mlp.options offers no command-line option for it
+
+    input_size: int = field(default=784, metadata=_help("features per sample"))
+    classes: list[str] = field(default_factory=list, metadata=_help("class names, by label index (empty: built-in)"))
+    features: list[str] = field(default_factory=list, metadata=_help("a table's feature columns, in input order"))
+    mean: list[float] = field(default_factory=list, metadata=_help("per-feature mean of the training rows"))
+    std: list[float] = field(default_factory=list, metadata=_help("per-feature standard deviation of the training rows"))
+
+    def __post_init__(self) -> None:
+        _require(self.input_size >= 1, "schema.input_size", f"must be >= 1, got {self.input_size}")
+        _require(len(self.classes) != 1, "schema.classes", "needs at least two classes")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            _require(not values or len(values) == self.input_size, f"schema.{key}",
+                     f"needs {self.input_size} values, got {len(values)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) or 10
 
 
 @dataclass
@@ -348,6 +393,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    schema: SchemaConfig = field(default_factory=SchemaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunConfig = field(default_factory=RunConfig)

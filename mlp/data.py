@@ -1,4 +1,7 @@
-"""Datasets as in-memory tensors: MNIST, Fashion-MNIST and a synthetic stand-in.
+"""Datasets as in-memory tensors: MNIST, Fashion-MNIST, a synthetic stand-in, or your own table.
+
+A table (``data.source``: Parquet or CSV) is read by ``mlp.tables``; what follows is
+about the built-in image datasets.
 
 Images are float32 in [0, 1], shape [N, 784]; that is the whole preprocessing,
 and Serve applies exactly the same (``to_model_input``). The raw IDX files
@@ -27,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import dataclasses
+
 import torch
 
-from mlp.config import DataConfig
+from mlp.config import Config, DataConfig, SchemaConfig
 from mlp.console import CommandError
 
 RAW_FILES = (
@@ -180,8 +185,15 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def load_splits(cfg: DataConfig) -> Splits:
-    """Train and validation split, carved from the training set with ``data.seed``."""
+def load_splits(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> Splits:
+    """Train and validation split, carved from the training set with ``data.seed``.
+
+    A table needs its ``schema`` (``resolve_data``): the classes and the standardisation.
+    """
+    if cfg.source is not None:
+        from mlp.tables import load_rows
+
+        return Splits(*load_rows(cfg, _schema_of(cfg, schema), "train"), *load_rows(cfg, schema, "val"))
     if cfg.dataset == "synthetic":
         x, y = synthetic(cfg.synthetic_size, seed=1)
     else:
@@ -192,14 +204,39 @@ def load_splits(cfg: DataConfig) -> Splits:
     return Splits(x[train], y[train], x[val], y[val])
 
 
-def check_available(cfg: DataConfig) -> None:
-    """Find (or download) the dataset in the driver, so a missing dataset fails before Ray starts."""
-    if cfg.dataset != "synthetic":
-        find_dataset_root(cfg)
+def _schema_of(cfg: DataConfig, schema: Optional[SchemaConfig]) -> SchemaConfig:
+    if schema is None or not schema.mean:
+        raise ValueError(f"the table {cfg.source} needs its schema: call mlp.data.resolve_data on the config first")
+    return schema
 
 
-def load_test(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def resolve_data(cfg: Config) -> Config:
+    """The config ready to train, checked in the driver before Ray starts or anything is written.
+
+    A built-in dataset is found (or downloaded), so a missing one fails here. A table is
+    read and checked, and its schema (input size, classes, standardisation fitted on the
+    training rows) is filled in, to travel with the config from here on.
+    """
+    if cfg.data.source is not None:
+        from mlp.tables import infer_schema
+
+        return dataclasses.replace(cfg, schema=infer_schema(cfg.data))
+    if cfg.data.dataset != "synthetic":
+        find_dataset_root(cfg.data)
+    return cfg
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The names of the model's classes, by label index."""
+    return list(cfg.schema.classes) or list(CLASS_NAMES[cfg.data.dataset])
+
+
+def load_test(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out test set: used once, for the final evaluation."""
+    if cfg.source is not None:
+        from mlp.tables import load_rows
+
+        return load_rows(cfg, _schema_of(cfg, schema), "test")
     if cfg.dataset == "synthetic":
         return synthetic(SYNTHETIC_TEST_SIZE, seed=2)
     return _load_tensors(cfg.dataset, cfg.dir, False)

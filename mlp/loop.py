@@ -95,7 +95,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def evaluate_checkpoint(folder: str | Path) -> dict[str, float]:
     """Test loss and accuracy of a checkpoint folder, rebuilt from its own config."""
     model, cfg = load_model(folder)
-    x, y = load_test(cfg.data)
+    x, y = load_test(cfg.data, cfg.schema)
     loss, accuracy = evaluate(model, x, y)
     return {"test_loss": loss, "test_accuracy": accuracy}
 
@@ -165,13 +165,13 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
 def prepare(cfg: Config, device: torch.device,
             resume_from: Optional[str] = None) -> tuple[nn.Module, torch.optim.Optimizer, Splits, RunState]:
     """Model, optimizer, data (on ``device``) and progress, restored from a checkpoint folder if given."""
-    model = build_model(cfg.model, seed=cfg.data.seed).to(device)
+    model = build_model(cfg.model, cfg.data.seed, cfg.schema.input_size, cfg.schema.num_classes).to(device)
     optimizer = build_optimizer(cfg, model)
     state = RunState()
     if resume_from is not None:
         saved = restore_training(resume_from, model, optimizer)
         state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__ if k in saved})
-    return model, optimizer, load_splits(cfg.data).to(device), state
+    return model, optimizer, load_splits(cfg.data, cfg.schema).to(device), state
 
 
 def set_threads(cfg: Config) -> None:

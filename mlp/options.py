@@ -53,6 +53,8 @@ def make_parser(prog: str, description: str, sections: Optional[Sequence[str]] =
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML preset (see cluster/presets/)")
     defaults = Config()
     for section in dataclasses.fields(Config):
+        if getattr(type(getattr(defaults, section.name)), "DERIVED", False):
+            continue  # inferred from the data, never typed
         shown = sections is None or section.name in sections
         group = parser.add_argument_group(f"{section.name} options") if shown else parser
         cls = type(getattr(defaults, section.name))

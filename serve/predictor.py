@@ -20,8 +20,8 @@ import torch
 
 from mlp.checkpoint import CheckpointError, load_model, read_state
 from mlp.config import Config
-from mlp.data import CLASS_NAMES
-from mlp.model import INPUT_SIZE, MLP
+from mlp.data import class_names
+from mlp.model import MLP
 from mlp.registry import is_version_number, resolve_version
 from mlp.registry.storage import Location, cache_key, cache_root, cached_copy, local_path
 
@@ -117,7 +117,7 @@ class Predictor:
     @torch.inference_mode()
     def predict_proba(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
         """Softmax probabilities, float32 [N, 10]; the input is already model input (see ``mlp.data``)."""
-        tensor = torch.as_tensor(x, dtype=torch.float32).reshape(-1, INPUT_SIZE)
+        tensor = torch.as_tensor(x, dtype=torch.float32).reshape(-1, self.cfg.schema.input_size)
         return torch.softmax(self.model(tensor), dim=1).numpy()
 
     def predict(self, x: Union[np.ndarray, torch.Tensor]) -> list[dict[str, Any]]:
@@ -150,7 +150,7 @@ def load_predictor(source: Union[ModelSource, PathLike]) -> Predictor:
         version=folder.name if from_registry else f"checkpoint:{folder.name}",
         path=str(folder),
         dataset=cfg.data.dataset,
-        class_names=list(CLASS_NAMES[cfg.data.dataset]),
+        class_names=class_names(cfg),
         model={"hidden_sizes": cfg.model.hidden_sizes, "activation": cfg.model.activation},
         metrics=metrics,
         provenance=_read_json(folder / "provenance.json"),

@@ -26,7 +26,7 @@ from mlp.config import Config, ConfigError
 from mlp.distributed.trainer import init_ray, with_run_name
 from mlp.preflight.checks import check_cluster, sweep_request
 from mlp.registry.storage import Location, join
-from mlp.data import check_available
+from mlp.data import resolve_data
 from tune import plots, sweep_report
 from tune.space import Dim, describe, grid_size, parse_space, to_param_space
 from tune.trial import (TrialPlan, base_for_trials, plan_trials, run_in_process, run_with_trainer, trial_dirname,
@@ -192,7 +192,7 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
         summary = json.loads((path / SUMMARY_FILE).read_text())
         print(f"sweep {cfg.run.name} already finished ({path / SUMMARY_FILE}); use a new --run.name to sweep again.")
         return summary
-    check_available(cfg.data)
+    cfg = resolve_data(cfg)
     init_ray()
     plan = plan_trials(cfg, ray.cluster_resources())
     trial = sweep_request(cfg, plan.trial_resources if plan.runner == "trainer" else None, plan.worker_cpus)

@@ -20,7 +20,7 @@ from mlp import registry
 from mlp.checkpoint import read_state
 from mlp.config import Config
 from mlp.console import RunInterrupted
-from mlp.data import check_available
+from mlp.data import resolve_data
 from mlp.distributed.runfiles import RunFiles
 from mlp.distributed.trainer import build_trainer, init_ray, with_run_name
 from mlp.loop import evaluate_checkpoint
@@ -39,7 +39,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
         print(f"run {cfg.run.name} already finished: test accuracy {summary['test_accuracy']:.4f} "
               f"({files.summary}). Use a new --run.name to train again.")
         return summary
-    check_available(cfg.data)
+    cfg = resolve_data(cfg)  # a missing dataset or a bad table exits here, before Ray starts
     print(f"run {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {cfg.train.epochs} epochs on "
           f"{cfg.data.dataset}; results in {files.dir}", flush=True)
     started = time.perf_counter()

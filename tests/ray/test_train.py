@@ -43,6 +43,26 @@ def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:
     assert [m["epoch"] for m in files.read_metrics()] == [1, 2]
 
 
+def test_two_workers_train_on_a_csv_table_and_the_checkpoint_carries_its_schema(config_factory, tmp_path) -> None:
+    """The driver infers the table's schema; both workers read the table, standardise it the same way,
+    and train; the final test accuracy passes the bar and the checkpoint rebuilds a 13-feature, 3-class model."""
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True)
+    frame = wine.frame.rename(columns={"target": "kind"})
+    frame["kind"] = [str(wine.target_names[i]) for i in wine.target]
+    frame.to_csv(tmp_path / "wine.csv", index=False)
+    cfg = config_factory(data={"source": str(tmp_path / "wine.csv"), "label": "kind"},
+                         scaling={"num_workers": 2}, model={"hidden_sizes": [64]},
+                         optim={"name": "adam", "lr": 0.003}, train={"epochs": 30, "batch_size": 32},
+                         run={"name": "wine"})
+    summary = run_training(cfg)
+    assert summary["test_accuracy"] >= 0.9, summary
+    model, saved = load_model(summary["checkpoint"])
+    assert saved.schema.input_size == 13 and saved.schema.classes == sorted(set(frame["kind"]))
+    assert model(torch.rand(4, 13)).shape == (4, 3)
+
+
 def test_killed_driver_resumes_from_last_checkpoint(config_factory) -> None:
     """The driver is SIGKILLed after its first checkpoint; the same name continues after the last one.
 

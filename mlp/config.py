@@ -140,6 +140,15 @@ class DataConfig:
         _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _require(self.synthetic_size >= 100, "data.synthetic_size", f"must be >= 100, got {self.synthetic_size}")
 
+    @property
+    def name(self) -> str:
+        """What the data is called in run names and summaries: the built-in's name, or the table's."""
+        if self.source is None:
+            return self.dataset
+        parts = [p for p in re.split(r"[/\\]", self.source.rstrip("/")) if p and not any(c in p for c in "*?[")]
+        stem = parts[-1].split(".")[0] if parts else ""
+        return stem or "table"
+
 
 @dataclass
 class SchemaConfig:

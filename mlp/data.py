@@ -213,14 +213,19 @@ def _schema_of(cfg: DataConfig, schema: Optional[SchemaConfig]) -> SchemaConfig:
 def resolve_data(cfg: Config) -> Config:
     """The config ready to train, checked in the driver before Ray starts or anything is written.
 
-    A built-in dataset is found (or downloaded), so a missing one fails here. A table is
+    A built-in dataset is found (or downloaded), so a missing one fails here. A table's
+    path is made absolute (workers do not share the driver's folder), the table is
     read and checked, and its schema (input size, classes, standardisation fitted on the
     training rows) is filled in, to travel with the config from here on.
     """
     if cfg.data.source is not None:
         from mlp.tables import infer_schema
 
-        return dataclasses.replace(cfg, schema=infer_schema(cfg.data))
+        source = cfg.data.source
+        if "://" not in source:  # workers run elsewhere (another folder, under ray job submit a copy)
+            source = os.path.abspath(os.path.expanduser(source))
+        data = dataclasses.replace(cfg.data, source=source)
+        return dataclasses.replace(cfg, data=data, schema=infer_schema(data))
     if cfg.data.dataset != "synthetic":
         find_dataset_root(cfg.data)
     return cfg

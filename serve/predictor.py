@@ -149,7 +149,7 @@ def load_predictor(source: Union[ModelSource, PathLike]) -> Predictor:
     info = ModelInfo(
         version=folder.name if from_registry else f"checkpoint:{folder.name}",
         path=str(folder),
-        dataset=cfg.data.dataset,
+        dataset=cfg.data.name,
         class_names=class_names(cfg),
         model={"hidden_sizes": cfg.model.hidden_sizes, "activation": cfg.model.activation},
         metrics=metrics,

@@ -199,7 +199,7 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     print(check_cluster(cfg, "sweep", requests=[trial]).summary(), flush=True)
     print(f"{'resuming' if resume else 'starting'} sweep {cfg.run.name}: {expected_trials(cfg, dims)} trials, "
           f"{cfg.tune.search} search, {'ASHA' if cfg.tune.early_stopping else 'no early stopping'}, "
-          f"up to {cfg.train.epochs} epochs on {cfg.data.dataset}; results in {path}\n"
+          f"up to {cfg.train.epochs} epochs on {cfg.data.name}; results in {path}\n"
           f"{describe(dims)}\n{plan.describe()}", flush=True)
     path.makedirs()
     if not resume:

@@ -41,7 +41,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
         return summary
     cfg = resolve_data(cfg)  # a missing dataset or a bad table exits here, before Ray starts
     print(f"run {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {cfg.train.epochs} epochs on "
-          f"{cfg.data.dataset}; results in {files.dir}", flush=True)
+          f"{cfg.data.name}; results in {files.dir}", flush=True)
     started = time.perf_counter()
     init_ray()
     print(check_cluster(cfg, "train").summary(), flush=True)  # exits 2 before anything is written
@@ -65,7 +65,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
         history = state.get("history") or []
         test = evaluate_checkpoint(folder)
         summary = {
-            "run_name": cfg.run.name, "dataset": cfg.data.dataset, "epochs": state.get("epoch"),
+            "run_name": cfg.run.name, "dataset": cfg.data.name, "epochs": state.get("epoch"),
             "num_workers": cfg.scaling.num_workers, **test,
             "best_val_accuracy": state.get("best_val_accuracy"),
             "final_val_accuracy": history[-1].get("val_accuracy") if history else None,

@@ -147,7 +147,7 @@ def with_run_name(cfg: Config, prefix: str = "") -> Config:
     data = cfg.to_dict()
     data["run"]["storage_path"] = normalize(cfg.run.storage_path)
     if cfg.run.name is None:
-        data["run"]["name"] = f"{prefix}{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        data["run"]["name"] = f"{prefix}{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Config.from_dict(data)
 
 

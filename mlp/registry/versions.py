@@ -268,7 +268,7 @@ def _version_of(package: str) -> Optional[str]:
 def make_provenance(cfg: Config, source: str, trial_id: Optional[str] = None) -> dict[str, Any]:
     """Where a promoted model came from: data, seed, run, code and library versions."""
     return {
-        "dataset": cfg.data.dataset, "seed": cfg.data.seed, "run_name": cfg.run.name,
+        "dataset": cfg.data.name, "source": cfg.data.source, "seed": cfg.data.seed, "run_name": cfg.run.name,
         "trial_id": trial_id, "source_checkpoint": str(source),
         "code_version": _version_of("ray-mlp"), "git_commit": _git_commit(),
         "libraries": {name: _version_of(name) for name in ("torch", "torchvision", "ray")},

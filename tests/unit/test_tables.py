@@ -78,6 +78,13 @@ def test_the_schema_travels_with_the_checkpoint(tmp_path: Path) -> None:
     assert {a["class_name"] for a in answers} <= {"class_0", "class_1", "class_2"}
 
 
+def test_a_relative_source_becomes_absolute_for_the_workers(tmp_path: Path, monkeypatch) -> None:
+    write(sklearn_frame("wine"), tmp_path / "wine.csv")
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_data(table_config(tmp_path, Path("wine.csv")))
+    assert cfg.data.source == str(tmp_path / "wine.csv")
+
+
 def test_folder_and_glob_sources_read_every_file(tmp_path: Path) -> None:
     frame = sklearn_frame("wine")
     write(frame.iloc[:100], tmp_path / "t" / "a.parquet")

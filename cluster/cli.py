@@ -1,6 +1,6 @@
 """``mlp``: one command for the whole life cycle, with a subcommand per stage.
 
-    mlp train | sweep | serve | client | pipeline | registry  [options]
+    mlp train | sweep | serve | client | predict | pipeline | registry  [options]
     mlp <subcommand> --help
 
 Each subcommand is the ``main()`` of its own entry-point module, found by name
@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "sweep": Subcommand("tune.sweep", "search hyperparameters with Ray Tune and promote the best model"),
     "serve": Subcommand("serve.__main__", "serve a promoted model over HTTP with Ray Serve", prompt_exit=False),
     "client": Subcommand("serve.client", "talk to a running endpoint: predict, score, health", prompt_exit=False),
+    "predict": Subcommand("serve.predict", "score a table or a folder of images with a promoted model (Ray Data)"),
     "pipeline": Subcommand("cluster.pipeline", "sweep, promote, serve and verify in one command"),
     "registry": Subcommand("mlp.registry.cli", "list, show, promote, alias and roll back model versions"),
 }
@@ -42,7 +43,7 @@ def usage() -> str:
              "The MNIST MLP on Ray: train, sweep, serve, and run it all on a cluster.", "", "subcommands:"]
     lines += [f"  {name:<{width}}  {sub.summary}" for name, sub in SUBCOMMANDS.items()]
     lines += ["", "Each is also a console script of its own: mlp-train, mlp-sweep, mlp-serve, mlp-client, "
-                  "mlp-pipeline, mlp-registry."]
+                  "mlp-predict, mlp-pipeline, mlp-registry."]
     return "\n".join(lines)
 
 

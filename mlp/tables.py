@@ -51,7 +51,7 @@ class Table:
     files: list[str]
 
 
-def _files(source: str) -> tuple[list[str], str]:
+def table_files(source: str) -> tuple[list[str], str]:
     """(files, format) of a source: one file, a folder's files, or a glob; every one of one format."""
     if "://" in source:
         import pyarrow.fs as pafs
@@ -76,7 +76,7 @@ def _files(source: str) -> tuple[list[str], str]:
     return names, kinds.pop()
 
 
-def _read(name: str, fmt: str) -> Any:
+def read_file(name: str, fmt: str) -> Any:
     """One file as a pyarrow Table (any URI pyarrow knows)."""
     import pyarrow.csv as pacsv
     import pyarrow.fs as pafs
@@ -98,8 +98,8 @@ def read_table(source: str, label: str, features: tuple[str, ...]) -> Table:
     import pyarrow as pa
     import pyarrow.types as pat
 
-    names, fmt = _files(source)
-    parts = [_read(name, fmt) for name in names]
+    names, fmt = table_files(source)
+    parts = [read_file(name, fmt) for name in names]
     first = parts[0].schema
     for name, part in zip(names[1:], parts[1:]):
         if part.schema.names != first.names:

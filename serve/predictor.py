@@ -116,9 +116,20 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_proba(self, x: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
-        """Softmax probabilities, float32 [N, 10]; the input is already model input (see ``mlp.data``)."""
+        """Softmax probabilities, float32 [N, classes]; the input is already model input (see ``mlp.data``)."""
         tensor = torch.as_tensor(x, dtype=torch.float32).reshape(-1, self.cfg.schema.input_size)
         return torch.softmax(self.model(tensor), dim=1).numpy()
+
+    @property
+    def is_table_model(self) -> bool:
+        """True for a model trained on a table (``data.source``): it takes named, standardised features."""
+        return bool(self.cfg.schema.features)
+
+    def table_input(self, rows: np.ndarray) -> np.ndarray:
+        """A table model's raw feature rows [N, F] as model input: the standardisation training fitted."""
+        from mlp.tables import standardised
+
+        return standardised(torch.as_tensor(rows, dtype=torch.float32), self.cfg.schema).numpy()
 
     def predict(self, x: Union[np.ndarray, torch.Tensor]) -> list[dict[str, Any]]:
         """One ``{label, class_name, probabilities}`` per row."""

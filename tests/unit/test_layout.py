@@ -19,9 +19,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("mlp", "tune", "serve", "cluster")
-CORE = ("mlp.config", "mlp.options", "mlp.model", "mlp.data", "mlp.loop", "mlp.checkpoint", "mlp.console", "mlp.procs")
+CORE = ("mlp.config", "mlp.options", "mlp.model", "mlp.data", "mlp.loop", "mlp.checkpoint", "mlp.console", "mlp.procs",
+        "mlp.tables")
 COMPAT = Path("mlp/distributed/ray_compat.py")
-OLD_SCRIPTS = ("mlp-train", "mlp-sweep", "mlp-serve", "mlp-client", "mlp-pipeline", "mlp-registry")
+OLD_SCRIPTS = ("mlp-train", "mlp-sweep", "mlp-serve", "mlp-client", "mlp-predict", "mlp-pipeline", "mlp-registry")
 
 
 def fresh_modules(code: str) -> list[str]:
@@ -76,7 +77,7 @@ def test_mlp_lists_its_subcommands_and_runs_them() -> None:
     assert mlp, "the mlp console script is missing: pip install -e ."
     listed = run(mlp, "--help")
     assert listed.returncode == 0, listed.stderr
-    for name in ("train", "sweep", "serve", "client", "pipeline", "registry"):
+    for name in ("train", "sweep", "serve", "client", "predict", "pipeline", "registry"):
         assert re.search(rf"^\s+{name}\s", listed.stdout, re.M), listed.stdout
     wrong = run(mlp, "trian")
     assert wrong.returncode == 2 and "unknown subcommand 'trian'" in wrong.stderr

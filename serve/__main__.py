@@ -33,6 +33,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as err:
         print(f"python -m serve: {err}", file=sys.stderr)
         return 1
+    from mlp.checkpoint import read_config
+
+    features = read_config(folder).schema.features
+    if features:  # the HTTP endpoint reads pixels and images only
+        print(f"python -m serve: {folder} is a model trained on a table ({', '.join(features)}); the endpoint "
+              f"does not serve table models yet: score a file with `mlp predict` instead", file=sys.stderr)
+        return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     code, url = deploy_command(parser.prog, cfg)
     if code:

@@ -134,3 +134,14 @@ def test_mlp_train_refuses_a_bad_table_with_exit_2_and_writes_nothing(tmp_path: 
     assert done.returncode == 2, done.stderr
     assert f"mlp-train: error: data.label: no column 'kind' in {source}" in done.stderr
     assert not runs.exists()
+
+
+def test_the_endpoint_refuses_a_table_model_and_names_mlp_predict(tmp_path: Path) -> None:
+    """Until the endpoint reads rows by column name, `python -m serve` says so before Ray starts."""
+    cfg = resolve_data(table_config(tmp_path, write(sklearn_frame("wine"), tmp_path / "wine.csv")))
+    model, optimizer, _, _ = prepare(cfg, torch.device("cpu"))
+    folder = save_checkpoint(tmp_path / "ckpt", model, cfg, {"epoch": 0})
+    done = subprocess.run([sys.executable, "-m", "serve", "--serve.checkpoint", str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "trained on a table (alcohol, malic_acid" in done.stderr and "mlp predict" in done.stderr

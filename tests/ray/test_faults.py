@@ -166,8 +166,9 @@ def test_killed_training_worker_costs_at_most_one_epoch(config_factory, figures)
     clean_run = TrainDriver(train_config(config_factory, "clean"))
     killed_run = TrainDriver(train_config(config_factory, "killed-worker"))
     try:
-        seen = wait_for(killed_run.files.read_metrics, 240, "the first epoch of the run")
-        victim = killed_run.workers_by_rank()[1]
+        wait_for(killed_run.files.read_metrics, 240, "the first epoch of the run")
+        victim = killed_run.workers_by_rank()[1]  # a State API query: it can take as long as an epoch
+        seen = killed_run.files.read_metrics()  # the epochs done when the kill comes, read just before it
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.time()
         summary, clean = killed_run.finish(240), clean_run.finish(240)

@@ -26,7 +26,9 @@ import yaml
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
 ACTIVATIONS = ("relu", "tanh", "gelu")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("none", "constant", "cosine", "step")  # none and constant are one schedule
+NORMALIZE = ("standard", "none")
+INGEST = ("auto", "memory", "stream")  # auto is resolved to one of the others in the driver (mlp.data.resolve_data)
 SEARCHERS = ("random", "grid", "optuna")
 TRIAL_RUNNERS = ("auto", "process", "trainer")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group names
@@ -88,7 +90,7 @@ class OptimConfig:
         default=0.0, metadata=_help("weight decay (>= 0): L2 for sgd and adam, decoupled for adamw"))
     schedule: str = field(
         default="constant",
-        metadata=_help("learning rate per epoch: constant | cosine (lr down to 0 over train.epochs) | "
+        metadata=_help("learning rate per epoch: constant (or none) | cosine (lr down to 0 over train.epochs) | "
                        "step (lr x gamma every step_size epochs)"))
     step_size: int = field(default=3, metadata=_help("schedule step: epochs between decays"))
     gamma: float = field(default=0.1, metadata=_help("schedule step: factor at each decay, in (0, 1]"))
@@ -120,6 +122,18 @@ class DataConfig:
         default_factory=list, metadata=_help("the table's feature columns, e.g. a,b,c (default: every other column)"))
     test_fraction: float = field(
         default=0.2, metadata=_help("share of a table's rows held out for the final test (built-ins have their own)"))
+    test_source: Optional[str] = field(
+        default=None, metadata=_help("a separate table for the final test, with the same columns "
+                                     "(then data.test_fraction is not used)"))
+    normalize: str = field(
+        default="standard", metadata=_help("table features: standard (mean 0, std 1 on the training rows) "
+                                           "or none (used as they are)"))
+    ingest: str = field(
+        default="auto", metadata=_help("how workers get a table: memory (each loads its rows), stream "
+                                       "(Ray Data shards, for tables larger than memory) or auto"))
+    memory_budget_mb: int = field(
+        default=0, metadata=_help("largest table (as float32) that data.ingest auto keeps in each worker's "
+                                  "memory; 0: an eighth of this machine's memory"))
     dir: Optional[str] = field(
         default=None,
         metadata=_help("folder holding the IDX files (searched first; then $MLP_DATA_DIR, "
@@ -135,6 +149,12 @@ class DataConfig:
         _require(self.source is None or bool(self.source.strip()), "data.source", "must be a path or URI (or unset)")
         _require(bool(self.label), "data.label", "must name a column")
         _require(0 < self.test_fraction < 1, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _require(self.test_source is None or self.source is not None, "data.test_source",
+                 "needs data.source (built-in datasets have their own test set)")
+        _require(self.normalize in NORMALIZE, "data.normalize",
+                 f"must be one of {', '.join(NORMALIZE)}, got {self.normalize!r}")
+        _require(self.ingest in INGEST, "data.ingest", f"must be one of {', '.join(INGEST)}, got {self.ingest!r}")
+        _require(self.memory_budget_mb >= 0, "data.memory_budget_mb", f"must be >= 0, got {self.memory_budget_mb}")
         _require(self.dataset in DATASETS, "data.dataset",
                  f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         _require(0 < self.val_fraction < 1, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
@@ -435,7 +455,8 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
         if type(None) in args:
             return None
-        raise ConfigError(key, "a value is required")
+        if value is None or tp is not str:  # a text field takes "none" as its word (optim.schedule none)
+            raise ConfigError(key, "a value is required")
     if type(None) in args:  # Optional[X] -> X
         tp = next(a for a in args if a is not type(None))
         args = typing.get_args(tp)

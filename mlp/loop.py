@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 
 from mlp.checkpoint import load_model, restore_training
 from mlp.config import Config
-from mlp.data import Splits, load_splits, load_test, shard_indices
+from mlp.data import EpochData, load_splits, test_batches
 from mlp.model import build_model
 
 EpochCallback = Callable[[dict[str, Any], nn.Module, torch.optim.Optimizer, dict[str, Any]], None]
@@ -77,56 +77,63 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return loss.detach(), logits.detach()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8192) -> tuple[float, float]:
-    """(mean loss, accuracy) over a whole split, in eval mode."""
+    """(mean loss, accuracy) over a whole split held in memory, in eval mode."""
+    return evaluate_batches(model, ((x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x), batch_size)))
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(mean loss, accuracy) over a split given batch by batch (in memory or streamed), in eval mode."""
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        yb = y[start:start + batch_size]
-        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(1) == yb).sum())
+    total_loss, correct, rows = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += int((logits.argmax(1) == y).sum())
+        rows += len(y)
     model.train(was_training)
-    return total_loss / len(x), correct / len(x)
+    return total_loss / max(rows, 1), correct / max(rows, 1)
 
 
 def evaluate_checkpoint(folder: str | Path) -> dict[str, float]:
     """Test loss and accuracy of a checkpoint folder, rebuilt from its own config."""
     model, cfg = load_model(folder)
-    x, y = load_test(cfg.data, cfg.schema)
-    loss, accuracy = evaluate(model, x, y)
+    loss, accuracy = evaluate_batches(model, test_batches(cfg.data, cfg.schema))
     return {"test_loss": loss, "test_accuracy": accuracy}
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits, cfg: Config,
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: EpochData, cfg: Config,
                 epoch: int, rank: int, world: int) -> tuple[float, float, int]:
     """One pass over this worker's shard; returns (loss, accuracy, samples seen by all workers).
 
-    The per-step bookkeeping keeps each step's detached loss and logits in a list
-    and computes loss and accuracy once at the end: with this model a step is
+    The per-step bookkeeping keeps each step's detached loss, logits and labels in a
+    list and computes loss and accuracy once at the end: with this model a step is
     short and each small tensor operation pays a fixed dispatch cost, so summing
     per step used to add a visible share to an epoch (BENCHMARKS.md, one worker).
     """
     model.train()
-    device = data.train_x.device
-    idx = shard_indices(len(data.train_x), epoch, cfg.data.seed, rank, world).to(device)
     per_worker = max(1, cfg.train.batch_size // world)
     losses: list[torch.Tensor] = []
     outputs: list[torch.Tensor] = []
-    for start in range(0, len(idx), per_worker):
-        batch = idx[start:start + per_worker]
-        loss, logits = train_step(model, optimizer, data.train_x[batch], data.train_y[batch])
+    labels: list[torch.Tensor] = []
+    for x, y in data.train_batches(epoch, rank, world, per_worker):
+        loss, logits = train_step(model, optimizer, x, y)
         losses.append(loss)
         outputs.append(logits)
-    sizes = torch.tensor([len(o) for o in outputs], dtype=torch.float32, device=device)
-    mean_loss = (torch.stack(losses) * sizes).sum().item() / len(idx)
-    correct = (torch.cat(outputs).argmax(1) == data.train_y[idx]).sum().item()
-    return mean_loss, correct / len(idx), len(idx) * world
+        labels.append(y)
+    if not losses:
+        raise RuntimeError(f"worker {rank} got no training rows in epoch {epoch + 1}: the table is too small "
+                           f"for {world} workers")
+    rows = sum(len(y) for y in labels)
+    sizes = torch.tensor([len(y) for y in labels], dtype=torch.float32, device=losses[0].device)
+    mean_loss = (torch.stack(losses) * sizes).sum().item() / rows
+    correct = (torch.cat(outputs).argmax(1) == torch.cat(labels)).sum().item()
+    return mean_loss, correct / rows, rows * world
 
 
-def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: Splits,
+def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: EpochData,
         state: RunState, on_epoch_end: EpochCallback, rank: int = 0, world: int = 1,
         epoch_extras: Optional[Callable[[], dict[str, Any]]] = None) -> RunState:
     """Train from ``state.epoch`` to ``cfg.train.epochs``, calling ``on_epoch_end`` after each epoch.
@@ -142,7 +149,7 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
             group["lr"] = lr_at(cfg, epoch)
         started = time.perf_counter()
         train_loss, train_acc, samples = train_epoch(model, optimizer, data, cfg, epoch, rank, world)
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y)
+        val_loss, val_acc = evaluate_batches(model, data.val_batches())
         seconds = time.perf_counter() - started
         state.epoch = epoch + 1
         state.elapsed_s += seconds
@@ -162,16 +169,19 @@ def fit(cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer, data: S
     return state
 
 
-def prepare(cfg: Config, device: torch.device,
-            resume_from: Optional[str] = None) -> tuple[nn.Module, torch.optim.Optimizer, Splits, RunState]:
-    """Model, optimizer, data (on ``device``) and progress, restored from a checkpoint folder if given."""
+def prepare(cfg: Config, device: torch.device, resume_from: Optional[str] = None,
+            data: Optional[EpochData] = None) -> tuple[nn.Module, torch.optim.Optimizer, EpochData, RunState]:
+    """Model, optimizer, data (on ``device``) and progress, restored from a checkpoint folder if given.
+
+    ``data`` is the caller's own when it streams (``mlp.distributed.ingest``); else the splits are loaded here.
+    """
     model = build_model(cfg.model, cfg.data.seed, cfg.schema.input_size, cfg.schema.num_classes).to(device)
     optimizer = build_optimizer(cfg, model)
     state = RunState()
     if resume_from is not None:
         saved = restore_training(resume_from, model, optimizer)
         state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__ if k in saved})
-    return model, optimizer, load_splits(cfg.data, cfg.schema).to(device), state
+    return model, optimizer, data if data is not None else load_splits(cfg.data, cfg.schema).to(device), state
 
 
 def set_threads(cfg: Config) -> None:

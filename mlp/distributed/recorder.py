@@ -51,7 +51,7 @@ class RunRecorder(UserCallback):
             epochs = [epoch_metrics(m) for m in history]
             self.files.write_metrics(epochs)
             self.track(epochs)
-        ranks = [{"rank": rank, **{k: m.get(k) for k in NODE_KEYS}} for rank, m in enumerate(metrics)]
+        ranks = [{"rank": rank, **{k: m[k] for k in NODE_KEYS if k in m}} for rank, m in enumerate(metrics)]
         if ranks != self.ranks:
             self.files.write_ranks(ranks)
             self.ranks = ranks

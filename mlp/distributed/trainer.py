@@ -10,6 +10,7 @@ trials, so there is one ``ScalingConfig`` in the project.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import tempfile
 import time
@@ -63,14 +64,19 @@ def train_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
 
+    streamed = None
+    if cfg.data.ingest == "stream":
+        from mlp.distributed.ingest import StreamedSplits
+
+        streamed = StreamedSplits(cfg.data.seed, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model, optimizer, data, state = prepare(cfg, device, resume_from=folder)
+            model, optimizer, data, state = prepare(cfg, device, resume_from=folder, data=streamed)
         if rank == 0:
             print(f"resuming after epoch {state.epoch} from {checkpoint.path}", flush=True)
     else:
-        model, optimizer, data, state = prepare(cfg, device)
+        model, optimizer, data, state = prepare(cfg, device, data=streamed)
     exchange = None  # what sums the gradients over the ranks, and times it (None with one worker)
     if world > 1 and device.type == "cpu" and cfg.scaling.shared_memory_allreduce:
         from mlp.distributed.allreduce import share_gradients
@@ -87,6 +93,7 @@ def train_worker(config: dict[str, Any]) -> None:
     files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
 
     def on_epoch_end(metrics: dict[str, Any], model, optimizer, state: dict[str, Any]) -> None:
+        node["peak_rss_mb"] = peak_rss_mb()  # recorded per rank in ranks.json
         if rank != 0:
             ray.train.report({**metrics, **node})
             return
@@ -109,6 +116,11 @@ def train_worker(config: dict[str, Any]) -> None:
     fit(cfg, model, optimizer, data, state, on_epoch_end, rank=rank, world=world, epoch_extras=exchange_seconds)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = train_worker,
                   callbacks: Optional[list[Any]] = None, attempt_token: Optional[str] = None,
                   mlflow_run: Optional[MlflowRun] = None):
@@ -125,9 +137,15 @@ def build_trainer(cfg: Config, worker_fn: Callable[[dict[str, Any]], None] = tra
     rayenv.apply_driver_env()
     storage = normalize(cfg.run.storage_path)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
+    streamed = {}
+    if cfg.data.ingest == "stream":
+        from mlp.distributed.ingest import build_datasets, data_config
+
+        streamed = {"datasets": build_datasets(cfg), "dataset_config": data_config()}
     return TorchTrainer(
         worker_fn,
         train_loop_config={**cfg.to_dict(), ATTEMPT_KEY: attempt_token},
+        **streamed,
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.scaling.placement_strategy),

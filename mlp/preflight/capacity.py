@@ -325,8 +325,10 @@ def autoscaler_v1_reason(status: Optional[bytes]) -> Optional[str]:
 def requests_for(cfg: Config, purpose: Purpose) -> list[Request]:
     """What ``purpose`` asks the cluster for, from the config alone."""
     if purpose == "train":
+        # A streamed table needs a CPU beside the workers for Ray Data's read tasks, or they never run.
+        reader = ({"CPU": 1.0},) if cfg.data.ingest == "stream" else ()
         return [Request("worker", cfg.scaling.num_workers, _worker(cfg), "scaling.num_workers",
-                        _WORKER_KEYS, _strategy(cfg))]
+                        _WORKER_KEYS, _strategy(cfg), reader)]
     if purpose == "sweep":
         return [sweep_request(cfg)]
     if purpose == "serve":

@@ -45,6 +45,7 @@ def test_adam_and_adamw_apply_weight_decay_differently(config_factory) -> None:
 
 @pytest.mark.parametrize("schedule, expected", [
     ("constant", [0.2] * 6),
+    ("none", [0.2] * 6),
     ("step", [0.2, 0.2, 0.1, 0.1, 0.05, 0.05]),
     ("cosine", [0.2 * 0.5 * (1 + math.cos(math.pi * e / 6)) for e in range(6)]),
 ])

@@ -22,9 +22,9 @@ batch already running keeps the predictor it started with.
 ``POST /admin/reload`` is open while the endpoint listens on loopback only;
 otherwise it needs ``Authorization: Bearer <token>`` (``serve.admin_token_file``
 or ``$MLP_ADMIN_TOKEN``) and is off without a token (``serve.options.admin_access``).
-``/openapi.json`` describes every request and answer for this replica's config
-(``serve.web.openapi_document``); images decode in a bounded thread pool
-(``serve.web.DecodePool``), never on the event loop that answers ``/healthz``.
+``/openapi.json`` describes every request and answer for this replica's config and
+model (``serve.web.openapi_document``: a table model's names its columns and classes);
+images decode in a bounded thread pool (``serve.web.DecodePool``), never on the event loop that answers ``/healthz``.
 
 Health: a replica gets traffic only once it holds a model. Ray Serve
 marks a replica RUNNING (the only state requests are routed to) after its
@@ -137,7 +137,7 @@ class MLPService:
         if self.admin.mode != "open":
             log.info("POST /admin/reload: %s (%s)", "token required" if self.admin.mode == "token" else "off",
                      self.admin.detail or self.admin.reason)
-        self.openapi_doc = openapi_document(base_openapi(), self.cfg.serve, self.admin.mode)
+        self.openapi_doc = self._document(None)  # replaced by each model loaded: a table model's names its columns
         # Serve routes nothing here before this returns, so waiting for the model costs no 503s.
         await self._load_within_grace()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -200,9 +200,17 @@ class MLPService:
                 self._report(f"cannot load {describe_source(self.source)}: {err}")
                 return False
             old = self.predictor.version if self.predictor else None
-            self.predictor, self.problem, self.loaded_at = predictor, "", time.time()
+            document = self._document(predictor)
+            self.predictor, self.openapi_doc, self.problem, self.loaded_at = predictor, document, "", time.time()
             log.info("serving model %s (was %s)", predictor.version, old)
             return True
+
+    def _document(self, predictor: Predictor | None) -> dict[str, Any]:
+        """``/openapi.json`` for this config and model: a table model's lists its columns and classes, so a
+        swap to a version with other columns changes the document with the model."""
+        table = predictor.table_form if predictor is not None else None
+        classes = predictor.info.class_names if table is not None else ()
+        return openapi_document(base_openapi(), self.cfg.serve, self.admin.mode, table, classes)
 
     def _report(self, problem: str) -> None:
         """Remember why the last load failed; log it once, not on every watcher tick."""
@@ -240,12 +248,14 @@ class MLPService:
         if predictor is None:
             return json_response({"error": self.problem, "status": 503}, status=503)
         try:
-            parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset)
+            parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset, predictor.table_form)
         except InputError as err:
             return error_response(err)
+        # A table model's rows arrive raw: standardised here as in training, with the predictor that parsed them.
+        x = predictor.table_input(parsed.x) if predictor.table_form is not None else parsed.x
         try:
             async with asyncio.timeout(self.cfg.serve.request_timeout_s):  # no extra task, unlike wait_for
-                version, predictions = await self._infer((predictor, parsed.x))
+                version, predictions = await self._infer((predictor, x))
         except asyncio.TimeoutError:
             return json_response({"error": f"prediction took longer than {self.cfg.serve.request_timeout_s}s",
                                   "status": 504}, status=504)

@@ -1,6 +1,6 @@
 """Request bodies -> validated model input, or an ``InputError`` that names the problem.
 
-Ray-free and HTTP-framework-free (bytes in, float32 [N, 784] out), so the Serve
+Ray-free and HTTP-framework-free (bytes in, float32 [N, 784] or a table model's rows out), so the Serve
 deployment and the plain-FastAPI benchmark peer validate identically and unit
 tests need no server. Nothing here unpickles anything: bodies are JSON text
 or PNG/JPEG bytes (see ``serve.images``).
@@ -13,6 +13,12 @@ Accepted JSON bodies (values are floats in [0, 1], the same scale as training,
     {"instance": <one instance>}        the same, wrapped
     {"instances": [<instance>, ...]}    a batch (each flat or nested, not mixed)
 
+A model trained on a table (``data.source``) takes rows by column name instead
+(``parse_rows``; its ``TableForm`` says which columns and values)::
+
+    {"instance": {"alcohol": 13.2, ...}}          one row: every feature column, raw values
+    {"instances": [{"alcohol": 13.2, ...}, ...]}  a batch
+
 Parsing is vectorised (one JSON decode, one ``numpy`` conversion, a few
 whole-array checks), because per-value Python checks would cost more than the
 model itself. ``orjson`` decodes when installed (faster than the standard
@@ -24,13 +30,16 @@ Before either decoder runs, ``check_structure`` reads the raw bytes (C-speed
 themselves: nesting deeper than any valid body (orjson overflows the C stack
 and kills the process when nesting is deep enough; the standard library raises
 RecursionError near 1,000), and more arrays or numbers than the largest valid
-batch (an 8 MB body of ``[],`` would become 2.7 million Python lists).
+batch (an 8 MB body of ``[],`` would become 2.7 million Python lists). Its
+limits (``BodyLimits``) are those of the model's form: ``PIXELS``, or a table's
+(one level shallower, one object and as many values as columns per row).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +56,12 @@ MULTIPART_TYPE = "multipart/form-data"
 _LITERALS = (b"true", b"false", b"null")
 # Deepest valid body: {"instances": [[[28 values] x 28 rows], ...]} is an object and three arrays.
 MAX_DEPTH = 4
+# ... and of a table model's: {"instances": [{column: value, ...}, ...]} is an object, an array and an object.
+TABLE_DEPTH = 3
+# A table model refuses a value this many of its column's standard deviations from the training rows' mean:
+# nothing real is that far, and the model's float32 arithmetic would overflow long before (NaN probabilities).
+MAX_DEVIATIONS = 1e6
+_NUMBERS = (int, float, bool)  # JSON numbers and booleans; bool is an int, named for the reader
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # bytes.translate deletes these
 _OPENERS = b"[{"
 _STRING = re.compile(rb'"[^"]*"')  # after escaped quotes are gone, a string is quote, non-quotes, quote
@@ -75,10 +90,56 @@ class InputError(ValueError):
 
 @dataclass
 class Parsed:
-    """Validated model input and whether the client sent one instance (not a batch)."""
+    """Validated input and whether the client sent one instance (not a batch)."""
 
-    x: np.ndarray  # float32 [N, 784]
+    x: np.ndarray  # float32 [N, 784] pixels, or a table model's raw rows: float64 [N, features], not standardised
     single: bool
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What the largest valid body of one form holds, per instance: ``check_structure``'s yardstick."""
+
+    depth: int  # deepest valid nesting of arrays and objects
+    containers: int  # arrays and objects per instance
+    commas: int  # commas per instance, the one before the next instance included
+    deepest: str  # the deepest valid body, shown when nesting is too deep
+    instance: str  # what one instance holds, shown when a body has too many values
+
+
+PIXELS = BodyLimits(MAX_DEPTH, SIDE + 1, INPUT_SIZE + SIDE, '{"instances": [[[28 values] x 28 rows], ...]}',
+                    f"{INPUT_SIZE} numbers")
+
+
+@dataclass(frozen=True)
+class TableForm:
+    """What a table model's request rows must hold: its feature columns (in input order), the accepted
+    range of each (``MAX_DEVIATIONS`` standard deviations around the training rows' mean), and the body
+    limits. Built once per loaded model (``from_schema``), so a request pays for none of it."""
+
+    features: tuple[str, ...]
+    low: np.ndarray  # float64 [features]
+    high: np.ndarray
+    limits: BodyLimits
+
+    @classmethod
+    def from_schema(cls, features: Sequence[str], mean: Sequence[float], std: Sequence[float]) -> TableForm:
+        bound = float(np.finfo(np.float32).max)  # values beyond float32 would be infinite in the model anyway
+        if not len(mean):  # features used as they are: float32's range is the only limit
+            mean, std = [0.0] * len(features), [np.inf] * len(features)
+        centre, spread = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+        low = np.maximum(centre - MAX_DEVIATIONS * spread, -bound)
+        high = np.minimum(centre + MAX_DEVIATIONS * spread, bound)
+        # A row is one object of len(features) values; commas inside column names count too.
+        commas = len(features) + sum(name.count(",") for name in features)
+        limits = BodyLimits(TABLE_DEPTH, 1, commas, '{"instances": [{column: value, ...}, ...]}',
+                            f"{len(features)} columns")
+        return cls(tuple(features), low, high, limits)
+
+    @property
+    def expected(self) -> str:
+        """The accepted bodies, for messages."""
+        return '{"instances": [{column: value, ...}, ...]} or {"instance": {column: value, ...}}'
 
 
 def media_type(content_type: str | None) -> str:
@@ -105,13 +166,14 @@ def check_body(body: bytes, limit: int) -> None:
         raise InputError(413, f"body of {len(body)}+ bytes is above the limit of {limit} bytes")
 
 
-def check_structure(body: bytes, max_instances: int) -> None:
-    """Refuse, from the raw bytes, JSON nested deeper than ``MAX_DEPTH`` or holding more arrays or numbers
+def check_structure(body: bytes, max_instances: int, limits: BodyLimits = PIXELS) -> None:
+    """Refuse, from the raw bytes, JSON nested deeper than ``limits.depth`` or holding more arrays or numbers
     than a batch of ``max_instances`` can, before a decoder builds (or crashes on) it.
 
     Brackets inside strings are text, so strings are cut out first, paired the way a JSON parser pairs
-    them (escaped backslashes, then escaped quotes removed). Only an invalid body contains strings other
-    than the two keys, so the exact cut costs nothing on the hot path.
+    them (escaped backslashes, then escaped quotes removed). Only an invalid pixel body contains strings
+    other than the two keys, so there the exact cut costs nothing on the hot path; a table row's column
+    names are strings, cut by one regex pass over the few structural bytes left.
     """
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
@@ -119,18 +181,19 @@ def check_structure(body: bytes, max_instances: int) -> None:
     if b'"' in marks:
         marks = _STRING.sub(b"", marks).replace(b'"', b"")  # a quote left unpaired opens no string that ends
     arrays = marks.count(b"[") + marks.count(b"{")
-    if arrays > MAX_DEPTH:
+    if arrays > limits.depth:
         depth = _depth(marks)
-        if depth > MAX_DEPTH:
-            raise InputError(422, f"nesting too deep: arrays/objects nest {depth} levels, at most {MAX_DEPTH} "
-                                  'are valid ({"instances": [[[28 values] x 28 rows], ...]})')
-    # A full batch of 28x28 instances has 29 arrays and 783 + 27 + 1 commas each. Twice that still reaches
-    # the decoder, so a batch a little too large is told its size ("batch of N instances is above ...").
+        if depth > limits.depth:
+            raise InputError(422, f"nesting too deep: arrays/objects nest {depth} levels, at most {limits.depth} "
+                                  f"are valid ({limits.deepest})")
+    # A full batch of 28x28 instances has 29 arrays and 783 + 27 + 1 commas each (a table row: one object and
+    # a comma per column). Twice that still reaches the decoder, so a batch a little too large is told its
+    # size ("batch of N instances is above ...").
     most = 2 * max_instances
-    commas = most * (INPUT_SIZE + SIDE)  # only a body longer than that can have more, so shorter ones skip counting
-    if arrays > most * (SIDE + 1) + 2 or (len(body) > commas and body.count(b",") > commas):
+    commas = most * limits.commas  # only a body longer than that can have more, so shorter ones skip counting
+    if arrays > most * limits.containers + 2 or (len(body) > commas and body.count(b",") > commas):
         raise InputError(413, f"too many values: more than twice the largest valid batch ({max_instances} "
-                              f"instances of {INPUT_SIZE} numbers)")
+                              f"instances of {limits.instance})")
 
 
 def _depth(marks: bytes) -> int:
@@ -147,34 +210,59 @@ def _depth(marks: bytes) -> int:
 
 
 def parse_json(body: bytes, max_instances: int) -> Parsed:
-    """Decode and validate a JSON body (see the module docstring for the shapes)."""
+    """Decode and validate a JSON body of pixels (see the module docstring for the shapes)."""
     check_structure(body, max_instances)
-    try:
-        data = _fast_loads(body)
-    except ValueError:  # orjson refuses NaN/Infinity; the standard library says what else is wrong
-        data = _slow_loads(body)
-    single = True
-    if isinstance(data, dict):
-        unknown = sorted(set(data) - {"instance", "instances"})
-        if unknown or len(data) != 1:
-            raise InputError(422, 'expected {"instances": [...]} or {"instance": [...]}, '
-                                  f"got keys {sorted(data)}")
-        if "instances" in data:
-            single = False
-            data = data["instances"]
-            if not isinstance(data, list):
-                raise InputError(422, f"'instances' must be a list, got {type(data).__name__}")
-            if not data:
-                raise InputError(422, "empty batch: 'instances' has no items")
-            if len(data) > max_instances:
-                raise InputError(413, f"batch of {len(data)} instances is above the limit of {max_instances}")
-        else:
-            data = data["instance"]
-    elif not isinstance(data, list):
-        raise InputError(422, f"expected a JSON list or object, got {type(data).__name__}")
+    data = _decode(body)
+    wrapped = _unwrap(data, max_instances, '{"instances": [...]} or {"instance": [...]}')
+    if wrapped is None:
+        if not isinstance(data, list):
+            raise InputError(422, f"expected a JSON list or object, got {type(data).__name__}")
+        wrapped = [data], True
     if any(word in body for word in _LITERALS):
         raise InputError(422, "non-numeric values: true/false/null are not pixel values")
-    return Parsed(to_array(data if not single else [data]), single)
+    instances, single = wrapped
+    return Parsed(to_array(instances), single)
+
+
+def parse_rows(body: bytes, form: TableForm, max_instances: int) -> Parsed:
+    """Decode and validate a table model's JSON body: rows by column name, as raw float64 [N, features]
+    in the model's feature order (the predictor standardises them, as training did)."""
+    check_structure(body, max_instances, form.limits)
+    data = _decode(body)
+    wrapped = _unwrap(data, max_instances, form.expected)
+    if wrapped is None:
+        raise InputError(422, f"expected {form.expected}, got a JSON {_json_kind(data)}: this model takes "
+                              f"rows by column name")
+    instances, single = wrapped
+    return Parsed(table_rows(instances, form), single)
+
+
+def _decode(body: bytes) -> Any:
+    """orjson where it can; the standard library for what it refuses (NaN/Infinity), which names the rest."""
+    try:
+        return _fast_loads(body)
+    except ValueError:
+        return _slow_loads(body)
+
+
+def _unwrap(data: Any, max_instances: int, expected: str) -> tuple[list[Any], bool] | None:
+    """(instances, single) of ``{"instances": [...]}`` (a batch) or ``{"instance": x}`` (one); None if
+    ``data`` is not an object, for the caller to judge."""
+    if not isinstance(data, dict):
+        return None
+    unknown = sorted(set(data) - {"instance", "instances"})
+    if unknown or len(data) != 1:
+        raise InputError(422, f"expected {expected}, got keys [{_names(sorted(data))}]")
+    if "instance" in data:
+        return [data["instance"]], True
+    instances = data["instances"]
+    if not isinstance(instances, list):
+        raise InputError(422, f"'instances' must be a list, got {type(instances).__name__}")
+    if not instances:
+        raise InputError(422, "empty batch: 'instances' has no items")
+    if len(instances) > max_instances:
+        raise InputError(413, f"batch of {len(instances)} instances is above the limit of {max_instances}")
+    return instances, False
 
 
 def _slow_loads(body: bytes) -> Any:
@@ -226,6 +314,71 @@ def to_array(instances: list[Any]) -> np.ndarray:
         raise InputError(422, f"value {float(arr[row, col]):g} outside [0, 1] in instance {row} "
                               f"(pixels are scaled to [0, 1], not 0..255)")
     return arr.astype(np.float32, copy=False)
+
+
+def table_rows(instances: list[Any], form: TableForm) -> np.ndarray:
+    """Objects of ``{column: value}`` -> float64 [N, features] in the model's order, refusing a missing or
+    unknown column, a value that is not a number or boolean, and one outside its column's range.
+
+    A per-value type check, unlike ``to_array``'s whole-array one: numpy would turn the text ``"1.5"`` into
+    a number, and an error has to name the column.
+    """
+    wanted = set(form.features)
+    rows = []
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise InputError(422, f"instance {i} is a JSON {_json_kind(instance)}, not an object of "
+                                  f"{{column: value}}: this model takes rows by column name")
+        if instance.keys() != wanted:
+            raise InputError(422, _column_problem(i, instance, form.features))
+        row = [instance[name] for name in form.features]
+        for name, value in zip(form.features, row):
+            if not isinstance(value, _NUMBERS):
+                got = "null" if value is None else f"{_json_kind(value)} {_quote(value)}"
+                raise InputError(422, f"non-numeric value in column {_quote(name)} of instance {i}: expected a "
+                                      f"number or boolean, got {got}")
+        rows.append(row)
+    x = np.array(rows, dtype=np.float64)
+    inside = (x >= form.low) & (x <= form.high)  # False for NaN too
+    if not inside.all():
+        row, col = (int(i) for i in np.argwhere(~inside)[0])
+        name, value = _quote(form.features[col]), float(x[row, col])
+        if not np.isfinite(value):
+            raise InputError(422, f"NaN or infinite value in column {name} of instance {row} "
+                                  "(numbers beyond float range count as infinite)")
+        raise InputError(422, f"value {value:g} outside [{form.low[col]:g}, {form.high[col]:g}] in column {name} "
+                              f"of instance {row}: more than {MAX_DEVIATIONS:g} standard deviations from the "
+                              "training rows' mean")
+    return x
+
+
+def _column_problem(i: int, instance: dict[str, Any], features: tuple[str, ...]) -> str:
+    """``instance 0: missing column 'hue'; unknown column 'colour' (this model takes exactly ...)``."""
+    missing = [name for name in features if name not in instance]
+    unknown = [name for name in instance if name not in set(features)]
+    parts = [f"{label} column{'s' if len(names) > 1 else ''} {_names(names)}"
+             for label, names in (("missing", missing), ("unknown", unknown)) if names]
+    return (f"instance {i}: {'; '.join(parts)} (this model takes exactly these {len(features)} columns: "
+            f"{_names(list(features), limit=50)})")
+
+
+def _names(names: list[Any], limit: int = 5) -> str:
+    """Names for a message: quoted, at most ``limit`` of them (a hostile body may send thousands)."""
+    shown = ", ".join(_quote(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _quote(value: Any, width: int = 60) -> str:
+    """``repr`` cut to ``width`` characters: a message never echoes a whole body back."""
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    return {bool: "boolean", str: "text", list: "list", dict: "object"}.get(type(value), "number")
 
 
 def _kind_name(arr: np.ndarray) -> str:

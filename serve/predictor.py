@@ -24,6 +24,7 @@ from mlp.data import class_names
 from mlp.model import MLP
 from mlp.registry import is_version_number, resolve_version
 from mlp.registry.storage import Location, cache_key, cache_root, cached_copy, local_path
+from serve.inputs import TableForm
 
 PathLike = Union[str, Path]
 
@@ -103,12 +104,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 class Predictor:
-    """A model in eval mode plus its class names; ``predict`` takes float [N, 784] in [0, 1]."""
+    """A model in eval mode plus its class names; ``predict`` takes model input: float [N, 784] in [0, 1] for
+    an image model, standardised rows (``table_input``) for a table model."""
 
     def __init__(self, model: MLP, cfg: Config, info: ModelInfo) -> None:
         self.model = model
         self.cfg = cfg
         self.info = info
+        schema = cfg.schema
+        # What a request row must hold (columns, value ranges, body limits), worked out once per loaded model.
+        self.table_form: TableForm | None = (TableForm.from_schema(schema.features, schema.mean, schema.std)
+                                             if schema.features else None)
 
     @property
     def version(self) -> str:

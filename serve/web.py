@@ -1,7 +1,8 @@
 """HTTP glue shared by the Serve deployment and the plain-FastAPI peer: request -> input, result -> response.
 
 Starlette-level only (no Ray): it reads the body under a size cap, dispatches
-on the content type (JSON, multipart upload, raw PNG/JPEG), and renders
+on the content type (JSON, multipart upload, raw PNG/JPEG; a table model's
+rows come as JSON only), and renders
 answers and errors as JSON. Keeping it here means the benchmark compares two
 servers that do exactly the same per-request work, and the error contract
 (4xx + ``{"error": ..., "status": ...}``) lives in one place.
@@ -19,6 +20,7 @@ import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any, AsyncGenerator, Callable, TypeVar
 
 import numpy as np
@@ -29,8 +31,8 @@ from starlette.responses import Response
 
 from mlp.config import ServeConfig
 from serve.images import INVERT_CHOICES, image_to_input, precheck
-from serve.inputs import (IMAGE_TYPES, JSON_TYPES, MULTIPART_TYPE, InputError, Parsed, check_body,
-                          check_length, media_type, parse_json)
+from serve.inputs import (IMAGE_TYPES, JSON_TYPES, MULTIPART_TYPE, InputError, Parsed, TableForm, check_body,
+                          check_length, media_type, parse_json, parse_rows)
 
 UPLOAD_FIELD = "file"
 T = TypeVar("T")
@@ -128,9 +130,12 @@ def _describe(name: str, item: Any) -> str:
     return f"file {name!r}" if isinstance(item, UploadFile) else f"text field {name!r}"
 
 
-async def parse_request(request: Request, cfg: ServeConfig, dataset: str) -> Parsed:
-    """Validated float32 [N, 784] from a JSON, multipart or raw-image request."""
+async def parse_request(request: Request, cfg: ServeConfig, dataset: str, table: TableForm | None = None) -> Parsed:
+    """Validated float32 [N, 784] from a JSON, multipart or raw-image request; for a table model (``table``:
+    ``Predictor.table_form``) raw rows by column name from JSON only (``serve.inputs.parse_rows``)."""
     kind = media_type(request.headers.get("content-type"))
+    if table is not None:
+        return await _parse_table_request(request, cfg, kind, table)
     if kind not in JSON_TYPES + IMAGE_TYPES + (MULTIPART_TYPE,):
         raise InputError(415, f"unsupported content type {kind or '(none)'!r}: send application/json, "
                               "multipart/form-data (field 'file') or image/png / image/jpeg")
@@ -143,6 +148,17 @@ async def parse_request(request: Request, cfg: ServeConfig, dataset: str) -> Par
     precheck(data, cfg.max_image_pixels)  # an empty or oversized PNG is refused without waiting for a thread
     x = await decode_pool(cfg).run(image_to_input, data, dataset, cfg.max_image_pixels, invert)
     return Parsed(x[None, :], single=True)
+
+
+async def _parse_table_request(request: Request, cfg: ServeConfig, kind: str, table: TableForm) -> Parsed:
+    """A table model's request: JSON rows by column name; anything else is refused before the body is read."""
+    if kind not in JSON_TYPES:
+        what = "an image or a form" if kind in IMAGE_TYPES + (MULTIPART_TYPE,) else repr(kind or "(none)")
+        raise InputError(415, f"unsupported content type {kind or '(none)'!r}: this model takes table rows by "
+                              f"column name, not {what}: send application/json {table.expected}")
+    body = await read_body(request, cfg.max_body_bytes)
+    check_body(body, cfg.max_body_bytes)
+    return parse_rows(body, table, cfg.max_instances)
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -190,14 +206,12 @@ def _json(name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-def openapi_schemas(cfg: ServeConfig) -> dict[str, Any]:
-    """Request and response bodies (``components.schemas``); the batch size limit comes from ``cfg``."""
-    def batch_of(name: str) -> dict[str, Any]:
-        return {"type": "array", "items": _ref(name), "minItems": 1, "maxItems": cfg.max_instances}
+def _batch_of(name: str, cfg: ServeConfig) -> dict[str, Any]:
+    return {"type": "array", "items": _ref(name), "minItems": 1, "maxItems": cfg.max_instances}
 
-    nullable_str = {"type": ["string", "null"]}
-    prediction = {"label": {"type": "integer", "minimum": 0, "maximum": 9}, "class_name": {"type": "string"},
-                  "probabilities": {"type": "array", "items": PIXEL, "minItems": 10, "maxItems": 10}}
+
+def pixel_requests(cfg: ServeConfig) -> dict[str, Any]:
+    """An image model's request bodies: 784 pixels (flat or 28x28), wrapped or not, a batch, an upload."""
     return {
         "FlatInstance": {"type": "array", "items": PIXEL, "minItems": 784, "maxItems": 784,
                          "description": "784 pixel values in [0, 1] (pixel / 255), row by row"},
@@ -205,14 +219,51 @@ def openapi_schemas(cfg: ServeConfig) -> dict[str, Any]:
                            "items": {"type": "array", "items": PIXEL, "minItems": 28, "maxItems": 28}},
         "Instance": {"oneOf": [_ref("FlatInstance"), _ref("NestedInstance")]},
         "WrappedInstance": _obj({"instance": _ref("Instance")}),
-        "Batch": {**_obj({"instances": {"oneOf": [batch_of("FlatInstance"), batch_of("NestedInstance")]}}),
+        "Batch": {**_obj({"instances": {"oneOf": [_batch_of("FlatInstance", cfg), _batch_of("NestedInstance", cfg)]}}),
                   "description": f"1 to {cfg.max_instances} instances, all flat or all nested"},
         "PredictRequest": {"oneOf": [_ref("Instance"), _ref("WrappedInstance"), _ref("Batch")]},
         "ImageUpload": {**_obj({UPLOAD_FIELD: BINARY}), "description": f"one PNG or JPEG in field '{UPLOAD_FIELD}'"},
+    }
+
+
+def table_requests(cfg: ServeConfig, table: TableForm) -> dict[str, Any]:
+    """A table model's request bodies: one row or a batch of rows, each every feature column by name, with
+    the value range ``serve.inputs.table_rows`` accepts (raw values: the server standardises them)."""
+    columns = {name: {"type": ["number", "boolean"], "minimum": float(low), "maximum": float(high)}
+               for name, low, high in zip(table.features, table.low, table.high)}
+    return {
+        "Row": {**_obj(columns), "description": f"one row: the model's {len(table.features)} feature columns by "
+                                                "name, raw values as in the training table (true/false read as 1/0)"},
+        "WrappedRow": _obj({"instance": _ref("Row")}),
+        "Batch": {**_obj({"instances": _batch_of("Row", cfg)}), "description": f"1 to {cfg.max_instances} rows"},
+        "PredictRequest": {"oneOf": [_ref("WrappedRow"), _ref("Batch")]},
+    }
+
+
+def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
+    """One answer per instance: the label, its class name and every probability. A table model's ``classes``
+    are named (an enum); an image model's document keeps its ten classes unnamed."""
+    n = len(classes) or 10
+    class_name: dict[str, Any] = {"type": "string", "enum": list(classes)} if classes else {"type": "string"}
+    prediction = {"label": {"type": "integer", "minimum": 0, "maximum": n - 1}, "class_name": class_name,
+                  "probabilities": {"type": "array", "items": PIXEL, "minItems": n, "maxItems": n}}
+    return {
         "Prediction": _obj(prediction),
         "SinglePrediction": _obj({"version": {"type": "string"}, **prediction}),
         "BatchPrediction": _obj({"version": {"type": "string"},
                                  "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1}}),
+    }
+
+
+def openapi_schemas(cfg: ServeConfig, table: TableForm | None = None, classes: Sequence[str] = ()
+                    ) -> dict[str, Any]:
+    """Request and response bodies (``components.schemas``); the batch size limit comes from ``cfg``; a table
+    model's (``table``) name its feature columns, and its answers its ``classes``."""
+    nullable_str = {"type": ["string", "null"]}
+    requests = table_requests(cfg, table) if table is not None else pixel_requests(cfg)
+    return {
+        **requests,
+        **prediction_schemas(classes if table is not None else ()),
         "Error": {**_obj({"error": {"type": "string"}, "status": {"type": "integer", "minimum": 400}}),
                   "description": "every refusal: a message naming the problem, and the HTTP status"},
         "Health": _obj({"status": {"const": "ok"}}),
@@ -232,13 +283,28 @@ def openapi_schemas(cfg: ServeConfig) -> dict[str, Any]:
 BACKPRESSURE = {"text/plain": {"schema": {"type": "string"}}}
 
 
-def _operations(cfg: ServeConfig, admin_mode: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """requestBody / parameters / responses of each route, as the server really behaves with ``cfg``."""
+ANSWERS = {"description": "one prediction (an instance or an image) or one per instance of a batch",
+           "content": {"application/json": {"schema": {"oneOf": [_ref("SinglePrediction"),
+                                                                 _ref("BatchPrediction")]}}}}
+
+
+def _timeout(cfg: ServeConfig) -> dict[str, Any]:
+    return _error(f"prediction slower than {cfg.request_timeout_s}s (serve.request_timeout_s)")
+
+
+def _no_model() -> dict[str, Any]:
+    no_model = _error("no model loaded yet, or Ray Serve's queue full (text/plain)")
+    no_model["content"].update(BACKPRESSURE)
+    return no_model
+
+
+def _pixel_predict(cfg: ServeConfig) -> dict[str, Any]:
+    """``POST /predict`` of an image model: JSON pixels, a multipart upload or raw PNG/JPEG bytes."""
     busy = _error("no model loaded yet (only on a replica's own port while it starts: Serve routes nothing "
                   "there), image decoders busy (Retry-After: 1), or Ray Serve's queue full (text/plain)")
     busy["content"].update(BACKPRESSURE)
     busy["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds, when busy"}}
-    predict = {
+    return {
         "requestBody": {"required": True, "content": {
             "application/json": {"schema": _ref("PredictRequest")},
             "multipart/form-data": {"schema": _ref("ImageUpload"),
@@ -251,9 +317,7 @@ def _operations(cfg: ServeConfig, admin_mode: str) -> dict[tuple[str, str], dict
                         "description": "images: invert dark-on-light images (auto: when the border is light); "
                                        "checked on every request"}],
         "responses": {
-            "200": {"description": "one prediction (an instance or an image) or one per instance of a batch",
-                    "content": {"application/json": {"schema": {"oneOf": [_ref("SinglePrediction"),
-                                                                          _ref("BatchPrediction")]}}}},
+            "200": ANSWERS,
             "400": _error("malformed JSON or multipart form, empty body or file, Content-Length not a number"),
             "413": _error(f"body above {cfg.max_body_bytes} bytes, batch above {cfg.max_instances} instances, "
                           f"image above {cfg.max_image_pixels} pixels"),
@@ -261,11 +325,35 @@ def _operations(cfg: ServeConfig, admin_mode: str) -> dict[tuple[str, str], dict
             "422": _error("not a valid instance or image: wrong length or shape, non-numeric, NaN/Inf, outside "
                           "[0, 1], nested too deep, undecodable or zero-size image, bad 'invert'"),
             "503": busy,
-            "504": _error(f"prediction slower than {cfg.request_timeout_s}s (serve.request_timeout_s)"),
+            "504": _timeout(cfg),
         },
     }
-    no_model = _error("no model loaded yet, or Ray Serve's queue full (text/plain)")
-    no_model["content"].update(BACKPRESSURE)
+
+
+def _table_predict(cfg: ServeConfig) -> dict[str, Any]:
+    """``POST /predict`` of a table model: JSON rows by column name, nothing else (no images, no ``invert``)."""
+    return {
+        "summary": "Classify one row or a batch of rows, by column name",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PredictRequest")}}},
+        "responses": {
+            "200": {**ANSWERS, "description": "one prediction (an instance) or one per row of a batch"},
+            "400": _error("malformed JSON, empty body, Content-Length not a number"),
+            "413": _error(f"body above {cfg.max_body_bytes} bytes, batch above {cfg.max_instances} rows"),
+            "415": _error("content type other than application/json, images and forms included: this model "
+                          "takes table rows by column name"),
+            "422": _error("not a valid row: a missing or unknown column, a value that is not a number or boolean, "
+                          "NaN/Inf, a value outside its column's range, nested too deep"),
+            "503": _no_model(),
+            "504": _timeout(cfg),
+        },
+    }
+
+
+def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
+    """requestBody / parameters / responses of each route, as the server really behaves with ``cfg`` (and a
+    table model's ``/predict`` when ``table``)."""
+    predict = _table_predict(cfg) if table else _pixel_predict(cfg)
+    no_model = _no_model()
     not_ready = _json("NotReady", "no model loaded yet, or Ray Serve's queue full (text/plain)")
     not_ready["content"].update(BACKPRESSURE)
     reload: dict[str, Any] = {"responses": {"200": _json("Reload", "checked the source; changed: loaded a "
@@ -286,14 +374,21 @@ def _operations(cfg: ServeConfig, admin_mode: str) -> dict[tuple[str, str], dict
     }
 
 
-def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str) -> dict[str, Any]:
+def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, table: TableForm | None = None,
+                     classes: Sequence[str] = ()) -> dict[str, Any]:
     """FastAPI's document for the routes (``base``: paths, summaries, operation ids) with every request and
-    response described for this config; ``admin_mode`` is ``serve.options.AdminAccess.mode``."""
+    response described for this config; ``admin_mode`` is ``serve.options.AdminAccess.mode``. For a table
+    model (``table``: ``Predictor.table_form``) ``/predict`` takes its feature columns by name and answers
+    with its ``classes``; an image model's document does not depend on the model."""
     doc = json.loads(json.dumps(base))  # a deep copy; FastAPI caches ``base``
-    for (path, method), operation in _operations(cfg, admin_mode).items():
+    for (path, method), operation in _operations(cfg, admin_mode, table is not None).items():
         doc["paths"][path][method].update(operation)
+    if table is not None:
+        doc["info"]["description"] = (f"Classifier of table rows ({len(table.features)} feature columns, "
+                                      f"{len(classes)} classes) served by Ray Serve. POST JSON rows by column "
+                                      "name to /predict.")
     components = doc.setdefault("components", {})
-    components.setdefault("schemas", {}).update(openapi_schemas(cfg))
+    components.setdefault("schemas", {}).update(openapi_schemas(cfg, table, classes))
     if admin_mode == "token":
         components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer",
                                                          "description": "serve.admin_token_file or $MLP_ADMIN_TOKEN"}}

@@ -6,6 +6,9 @@ With no arguments it serves ``latest`` from the default registry
 It joins ``RAY_ADDRESS`` when set, otherwise starts a local Ray with the
 serving settings of ``mlp.distributed.rayenv`` (HAProxy ingress and friends). For a
 cluster, prefer ``serve deploy cluster/serve_config.yaml`` (same application).
+
+A model trained on a table (``data.source``) is served the same way; its
+``/predict`` takes rows by column name (``serve.inputs.parse_rows``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ log = logging.getLogger("serve")
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser("python -m serve", "Serve the promoted MLP over HTTP with Ray Serve "
-                         "(JSON pixels or PNG/JPEG images to POST /predict; docs at /docs).",
+                         "(JSON pixels or PNG/JPEG images, or a table model's rows by column name, to POST "
+                         "/predict; docs at /docs).",
                          sections=("serve", "registry"))
     cfg, _ = parse_config(parser, argv)
     from serve.deploy import deploy_command, serve_until_interrupted  # Ray and torch: after --help and bad options
@@ -36,16 +40,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mlp.checkpoint import read_config
 
     features = read_config(folder).schema.features
-    if features:  # the HTTP endpoint reads pixels and images only
-        print(f"python -m serve: {folder} is a model trained on a table ({', '.join(features)}); the endpoint "
-              f"does not serve table models yet: score a file with `mlp predict` instead", file=sys.stderr)
-        return 1
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     code, url = deploy_command(parser.prog, cfg)
     if code:
         return code
-    log.info("serving %s (%s) at %s  -- docs: %s/docs, Ctrl-C to stop", source.version
-             if not source.checkpoint else source.checkpoint, folder, url, url)
+    takes = f"rows by column name: {', '.join(features)}" if features else "JSON pixels or PNG/JPEG images"
+    log.info("serving %s (%s) at %s, taking %s  -- docs: %s/docs, Ctrl-C to stop", source.version
+             if not source.checkpoint else source.checkpoint, folder, url, takes, url)
     serve_until_interrupted()
     return 0
 

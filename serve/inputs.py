@@ -58,9 +58,10 @@ _LITERALS = (b"true", b"false", b"null")
 MAX_DEPTH = 4
 # ... and of a table model's: {"instances": [{column: value, ...}, ...]} is an object, an array and an object.
 TABLE_DEPTH = 3
-# A table model refuses a value this many of its column's standard deviations from the training rows' mean:
-# nothing real is that far, and the model's float32 arithmetic would overflow long before (NaN probabilities).
-MAX_DEVIATIONS = 1e6
+# A table model refuses a value more than this many of its column's standard deviations from the training rows'
+# mean (with data.normalize none: more than this far from 0). Far beyond real data, even unscaled, yet it leaves
+# the float32 model ~1e23 of headroom, so a few layers of sums and products cannot overflow into NaN answers.
+MAX_DEVIATIONS = 1e15
 _NUMBERS = (int, float, bool)  # JSON numbers and booleans; bool is an int, named for the reader
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')  # bytes.translate deletes these
 _OPENERS = b"[{"
@@ -348,7 +349,7 @@ def table_rows(instances: list[Any], form: TableForm) -> np.ndarray:
                                   "(numbers beyond float range count as infinite)")
         raise InputError(422, f"value {value:g} outside [{form.low[col]:g}, {form.high[col]:g}] in column {name} "
                               f"of instance {row}: more than {MAX_DEVIATIONS:g} standard deviations from the "
-                              "training rows' mean")
+                              "training rows' mean, where the model's float32 arithmetic would overflow")
     return x
 
 

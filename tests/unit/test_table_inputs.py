@@ -1,16 +1,19 @@
 """A table model's request rows, without a server: parsing by column name, the errors that name a column,
-the structure limits of the object form and the OpenAPI schema of the rows."""
+the structure limits of the object form, the OpenAPI schema of the rows, and ``python -m serve`` deploying it."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
 
-from mlp.config import ServeConfig
+from mlp.checkpoint import save_checkpoint
+from mlp.config import Config, ServeConfig
+from mlp.model import build_model
 from serve.inputs import (
     MAX_DEVIATIONS,
     TABLE_DEPTH,
@@ -166,3 +169,18 @@ def test_the_schema_admits_exactly_what_the_server_accepts(row_schema, value):
         server_ok = False
     assert validator.is_valid(value) == server_ok, (validator.is_valid(value), server_ok)
 
+
+def test_python_m_serve_deploys_a_table_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """It used to refuse one, naming `mlp predict`; now it deploys it like any other model."""
+    import serve.deploy
+    from serve.__main__ import main
+
+    cfg = Config.from_dict({"data": {"source": str(tmp_path / "wine.csv"), "label": "kind"},
+                            "schema": {"input_size": 4, "features": FEATURES, "classes": ["a", "b"],
+                                       "mean": MEAN, "std": STD}})
+    folder = save_checkpoint(tmp_path / "ckpt", build_model(cfg.model, 0, 4, 2), cfg, {"epoch": 0})
+    deployed: list[Config] = []
+    monkeypatch.setattr(serve.deploy, "deploy_command", lambda prog, c: (deployed.append(c), (0, "http://h:1"))[1])
+    monkeypatch.setattr(serve.deploy, "serve_until_interrupted", lambda: None)
+    assert main(["--serve.checkpoint", str(folder)]) == 0
+    assert [c.serve.checkpoint for c in deployed] == [str(folder)]

@@ -40,7 +40,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 ATTEMPT_FILE = "attempt.json"
 RANKS_FILE = "ranks.json"
-NODE_KEYS = ("node_id", "node_ip", "peak_rss_mb")  # what each worker adds about itself; not an epoch metric
+NODE_KEYS = ("node_id", "node_ip", "peak_rss_mb", "start_private_mb", "peak_private_mb")  # what each worker adds about itself; not an epoch metric
 
 
 class RunBusyError(CommandError, RuntimeError):

@@ -21,6 +21,7 @@ import torch
 from mlp.distributed import rayenv
 from mlp.checkpoint import save_checkpoint
 from mlp.config import Config
+from mlp.data import memory_budget_mb
 from mlp.loop import fit, prepare, set_threads
 from mlp.distributed.recorder import RunRecorder
 from mlp.distributed.runfiles import RunFiles, node_of_this_process
@@ -68,7 +69,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if cfg.data.ingest == "stream":
         from mlp.distributed.ingest import StreamedSplits
 
-        streamed = StreamedSplits(cfg.data.seed, device)
+        streamed = StreamedSplits(cfg.data.seed, device, cfg.schema.input_size, memory_budget_mb(cfg.data) / 4)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -94,6 +95,8 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def on_epoch_end(metrics: dict[str, Any], model, optimizer, state: dict[str, Any]) -> None:
         node["peak_rss_mb"] = peak_rss_mb()  # recorded per rank in ranks.json
+        if streamed is not None:  # the worker's own memory, without the object store pages it maps
+            node.update(start_private_mb=streamed.start_mb, peak_private_mb=streamed.peak_mb)
         if rank != 0:
             ray.train.report({**metrics, **node})
             return

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Protocol
 
 import dataclasses
 
@@ -36,6 +36,7 @@ import torch
 
 from mlp.config import Config, DataConfig, SchemaConfig
 from mlp.console import CommandError
+from mlp.images import to_model_input  # noqa: F401 - the one pixel scaling, defined with the image rule
 
 RAW_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -56,6 +57,21 @@ class DataNotFoundError(CommandError, FileNotFoundError):
     """The dataset is nowhere on disk and could not be downloaded."""
 
 
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+class EpochData(Protocol):
+    """What the training loop reads: this worker's training batches per epoch, and the validation split.
+
+    ``Splits`` holds both in memory; ``mlp.distributed.ingest.StreamedSplits`` streams
+    them from Ray Data (a table larger than memory). The loop cannot tell them apart.
+    """
+
+    def train_batches(self, epoch: int, rank: int, world: int, batch_size: int) -> Batches: ...
+
+    def val_batches(self) -> Batches: ...
+
+
 @dataclass
 class Splits:
     """Train/validation tensors; the test set is loaded separately, only for final evaluation."""
@@ -64,18 +80,32 @@ class Splits:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+    seed: int = 0  # data.seed: seeds the per-epoch shuffles
 
     def to(self, device: torch.device) -> "Splits":
-        return Splits(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y)))
+        return Splits(*(t.to(device) for t in (self.train_x, self.train_y, self.val_x, self.val_y)), self.seed)
+
+    def train_batches(self, epoch: int, rank: int, world: int, batch_size: int) -> Batches:
+        """This worker's shard of a seeded per-epoch shuffle (``shard_indices``), ``batch_size`` rows at a time."""
+        idx = shard_indices(len(self.train_x), epoch, self.seed, rank, world).to(self.train_x.device)
+        for start in range(0, len(idx), batch_size):
+            batch = idx[start:start + batch_size]
+            yield self.train_x[batch], self.train_y[batch]
+
+    def val_batches(self, batch_size: int = 8192) -> Batches:
+        for start in range(0, len(self.val_x), batch_size):
+            yield self.val_x[start:start + batch_size], self.val_y[start:start + batch_size]
 
 
 def cache_dir() -> Path:
     return Path(os.path.expanduser(os.environ.get("MLP_CACHE_DIR", "~/.cache/mlp")))
 
 
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 28, 28] (or [N, 784]) -> float32 [N, 784] in [0, 1]; shared with Serve."""
-    return images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
+def _is_image_folder(cfg: DataConfig) -> bool:
+    """``data.source`` is a folder of class subfolders of pictures (``mlp.imagefolder``), not a table."""
+    from mlp.imagefolder import is_image_folder
+
+    return cfg.source is not None and is_image_folder(cfg.source)
 
 
 def _has_raw_files(folder: Path) -> bool:
@@ -190,10 +220,14 @@ def load_splits(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> Split
 
     A table needs its ``schema`` (``resolve_data``): the classes and the standardisation.
     """
+    if _is_image_folder(cfg):
+        from mlp.imagefolder import load_split
+
+        return Splits(*load_split(cfg, "train", schema), *load_split(cfg, "val", schema), cfg.seed)
     if cfg.source is not None:
         from mlp.tables import load_rows
 
-        return Splits(*load_rows(cfg, _schema_of(cfg, schema), "train"), *load_rows(cfg, schema, "val"))
+        return Splits(*load_rows(cfg, _schema_of(cfg, schema), "train"), *load_rows(cfg, schema, "val"), cfg.seed)
     if cfg.dataset == "synthetic":
         x, y = synthetic(cfg.synthetic_size, seed=1)
     else:
@@ -201,7 +235,7 @@ def load_splits(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> Split
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
     n_val = max(1, int(len(x) * cfg.val_fraction))
     val, train = perm[:n_val], perm[n_val:]
-    return Splits(x[train], y[train], x[val], y[val])
+    return Splits(x[train], y[train], x[val], y[val], cfg.seed)
 
 
 def _schema_of(cfg: DataConfig, schema: Optional[SchemaConfig]) -> SchemaConfig:
@@ -216,19 +250,60 @@ def resolve_data(cfg: Config) -> Config:
     A built-in dataset is found (or downloaded), so a missing one fails here. A table's
     path is made absolute (workers do not share the driver's folder), the table is
     read and checked, and its schema (input size, classes, standardisation fitted on the
-    training rows) is filled in, to travel with the config from here on.
+    training rows) is filled in, to travel with the config from here on; ``data.ingest
+    auto`` becomes ``memory`` or ``stream`` (``choose_ingest``), and one line says which and why.
+    An image folder's classes are its subfolders' names (``mlp.imagefolder``).
     """
+    if _is_image_folder(cfg.data):
+        from mlp.imagefolder import resolve
+
+        data = dataclasses.replace(cfg.data, source=_absolute(cfg.data.source),
+                                   test_source=cfg.data.test_source and _absolute(cfg.data.test_source))
+        data, schema, line = resolve(data)
+        print(line, flush=True)
+        return dataclasses.replace(cfg, data=data, schema=schema)
     if cfg.data.source is not None:
         from mlp.tables import infer_schema
 
-        source = cfg.data.source
-        if "://" not in source:  # workers run elsewhere (another folder, under ray job submit a copy)
-            source = os.path.abspath(os.path.expanduser(source))
-        data = dataclasses.replace(cfg.data, source=source)
-        return dataclasses.replace(cfg, data=data, schema=infer_schema(data))
+        data = dataclasses.replace(cfg.data, source=_absolute(cfg.data.source),
+                                   test_source=cfg.data.test_source and _absolute(cfg.data.test_source))
+        schema, counts = infer_schema(data)
+        ingest, why = choose_ingest(data, schema, counts, cfg.scaling.num_workers)
+        print(f"data: {data.name}: {counts['train']:,} training, {counts['val']:,} validation, "
+              f"{counts['test']:,} test rows; {schema.input_size} features, {len(schema.classes)} classes; "
+              f"{why}", flush=True)
+        return dataclasses.replace(cfg, data=dataclasses.replace(data, ingest=ingest), schema=schema)
     if cfg.data.dataset != "synthetic":
         find_dataset_root(cfg.data)
     return cfg
+
+
+def _absolute(source: str) -> str:
+    """Workers run elsewhere (another folder; under ``ray job submit`` a copy): a local path must be absolute."""
+    return source if "://" in source else os.path.abspath(os.path.expanduser(source))
+
+
+def choose_ingest(cfg: DataConfig, schema: SchemaConfig, counts: dict[str, int], workers: int) -> tuple[str, str]:
+    """(``memory`` or ``stream``, the reason in words) for a table.
+
+    In memory, every worker holds the whole table as float32 (a few passes over tensors:
+    the fastest path, BENCHMARKS.md); past ``data.memory_budget_mb`` (default an eighth of
+    this machine's memory, for the workers that share it) Ray Data streams each worker its shard instead.
+    """
+    size_mb = sum(counts.values()) * schema.input_size * 4 / 2**20
+    budget = memory_budget_mb(cfg)
+    if cfg.ingest != "auto":
+        return cfg.ingest, f"data.ingest {cfg.ingest} ({size_mb:,.1f} MB as float32, {workers} worker(s))"
+    if size_mb <= budget:
+        return "memory", (f"each worker holds it in memory: {size_mb:,.1f} MB as float32, within the "
+                          f"{budget:,} MB budget (data.memory_budget_mb)")
+    return "stream", (f"streamed to the workers through Ray Data: {size_mb:,.1f} MB as float32, over the "
+                      f"{budget:,} MB budget (data.memory_budget_mb)")
+
+
+def memory_budget_mb(cfg: DataConfig) -> int:
+    """``data.memory_budget_mb``, or an eighth of this machine's memory when it is 0."""
+    return cfg.memory_budget_mb or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 8
 
 
 def class_names(cfg: Config) -> list[str]:
@@ -238,6 +313,10 @@ def class_names(cfg: Config) -> list[str]:
 
 def load_test(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The held-out test set: used once, for the final evaluation."""
+    if _is_image_folder(cfg):
+        from mlp.imagefolder import load_split
+
+        return load_split(cfg, "test", schema)
     if cfg.source is not None:
         from mlp.tables import load_rows
 
@@ -245,6 +324,20 @@ def load_test(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> tuple[t
     if cfg.dataset == "synthetic":
         return synthetic(SYNTHETIC_TEST_SIZE, seed=2)
     return _load_tensors(cfg.dataset, cfg.dir, False)
+
+
+def test_batches(cfg: DataConfig, schema: Optional[SchemaConfig] = None, batch_size: int = 8192) -> Batches:
+    """The test set batch by batch: a table is streamed from its files, so a large one never sits whole in memory."""
+    if cfg.source is not None and not _is_image_folder(cfg):
+        from mlp.tables import TEST, model_rows, rows_of
+
+        schema = _schema_of(cfg, schema)
+        for x, labels in rows_of(cfg, TEST):
+            yield model_rows(x, labels, schema)
+        return
+    x, y = load_test(cfg, schema)
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size], y[start:start + batch_size]
 
 
 def shard_indices(n: int, epoch: int, seed: int, rank: int, world: int) -> torch.Tensor:

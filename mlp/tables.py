@@ -237,31 +237,37 @@ def parts_of(cfg: DataConfig) -> list[tuple[TableFiles, Optional[int]]]:
     return [(source, None), (test, TEST)]
 
 
-def rows_of(cfg: DataConfig, part: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The rows of one split (TRAIN, VAL or TEST), streamed batch by batch."""
+def coded_rows(cfg: DataConfig) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(features, labels, split code per row), batch by batch over the source and then its test table."""
     for table, fixed in parts_of(cfg):
         for x, labels in scan(table):
-            if fixed is not None:
-                keep = np.full(len(x), fixed == part)
-            else:
-                keep = split_codes(x, cfg) == part
-            if keep.any():
-                yield x[keep], labels[keep]
+            yield x, labels, np.full(len(x), fixed, dtype=np.int8) if fixed is not None else split_codes(x, cfg)
+
+
+def rows_of(cfg: DataConfig, part: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The rows of one split (TRAIN, VAL or TEST), streamed batch by batch."""
+    for x, labels, codes in coded_rows(cfg):
+        keep = codes == part
+        if keep.any():
+            yield x[keep], labels[keep]
 
 
 def infer_schema(cfg: DataConfig) -> tuple[SchemaConfig, dict[str, int]]:
-    """The schema of ``cfg.source`` (features, classes, preprocessing fitted on training rows), and rows per split."""
+    """The schema of ``cfg.source`` (features, classes, preprocessing fitted on training rows), and rows per split.
+
+    One pass over the files, a batch at a time: the driver never holds the table.
+    """
     features = parts_of(cfg)[0][0].features
-    counts, total, squares = {}, np.zeros(len(features)), np.zeros(len(features))
+    counts, total, squares = {TRAIN: 0, VAL: 0, TEST: 0}, np.zeros(len(features)), np.zeros(len(features))
     seen: dict[int, set[str]] = {TRAIN: set(), VAL: set(), TEST: set()}
-    for part in (TRAIN, VAL, TEST):
-        counts[part] = 0
-        for x, labels in rows_of(cfg, part):
-            counts[part] += len(x)
-            seen[part].update(labels.tolist())
-            if part == TRAIN:
-                total += x.sum(axis=0)
-                squares += np.square(x).sum(axis=0)
+    for x, labels, codes in coded_rows(cfg):
+        for part in (TRAIN, VAL, TEST):
+            keep = codes == part
+            counts[part] += int(keep.sum())
+            seen[part].update(labels[keep].tolist())
+        train = x[codes == TRAIN]
+        total += train.sum(axis=0)
+        squares += np.square(train).sum(axis=0)
     where = f"{cfg.source}" + (f" and {cfg.test_source}" if cfg.test_source else "")
     if not counts[TRAIN]:
         raise DataError(f"data.source {where}: no training rows (an empty table, or fractions that leave none)")

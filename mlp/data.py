@@ -1,7 +1,7 @@
-"""Datasets as in-memory tensors: MNIST, Fashion-MNIST, a synthetic stand-in, or your own table.
+"""Datasets as in-memory tensors: MNIST, Fashion-MNIST, a synthetic stand-in, or your own table or image folder.
 
-A table (``data.source``: Parquet or CSV) is read by ``mlp.tables``; what follows is
-about the built-in image datasets.
+A table (``data.source``: Parquet or CSV) is read by ``mlp.tables``, an image folder (one
+subfolder per class) by ``mlp.imagefolder``; what follows is about the built-in image datasets.
 
 Images are float32 in [0, 1], shape [N, 784]; that is the whole preprocessing,
 and Serve applies exactly the same (``to_model_input``). The raw IDX files
@@ -36,7 +36,7 @@ import torch
 
 from mlp.config import Config, DataConfig, SchemaConfig
 from mlp.console import CommandError
-from mlp.images import to_model_input  # noqa: F401 - the one pixel scaling, defined with the image rule
+from mlp.images import to_model_input  # the one pixel scaling, defined with the image rule
 
 RAW_FILES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",

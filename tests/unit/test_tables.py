@@ -134,3 +134,34 @@ def test_mlp_train_refuses_a_bad_table_with_exit_2_and_writes_nothing(tmp_path: 
     assert done.returncode == 2, done.stderr
     assert f"mlp-train: error: data.label: no column 'kind' in {source}" in done.stderr
     assert not runs.exists()
+
+
+@pytest.mark.slow
+def test_fashion_mnist_exported_to_parquet_trains_as_the_built_in(tmp_path: Path) -> None:
+    """The same pixels as a table (train and test Parquet files) give the built-in's test accuracy.
+
+    The table path reads the files, hashes each row into its split and scales nothing
+    (``data.normalize none``: the exported values are already the built-in's [0, 1] pixels),
+    so with the same seed and settings it trains on the same rows in the same order.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlp.data import _load_tensors, test_batches
+    from mlp.loop import evaluate_batches
+
+    for split, train in (("train", True), ("test", False)):
+        x, y = _load_tensors("fashion-mnist", None, train)
+        pq.write_table(pa.table({**{f"p{i}": x[:, i].numpy() for i in range(784)}, "label": y.numpy()}),
+                       tmp_path / f"{split}.parquet")
+    accuracy = {}
+    for name, data in (("built-in", {"dataset": "fashion-mnist"}),
+                       ("parquet", {"source": str(tmp_path / "train.parquet"),
+                                    "test_source": str(tmp_path / "test.parquet"), "normalize": "none"})):
+        cfg = resolve_data(Config.from_dict({"data": data, "train": {"epochs": 3},
+                                             "run": {"storage_path": str(tmp_path / "runs")}}))
+        model, optimizer, splits, state = prepare(cfg, torch.device("cpu"))
+        fit(cfg, model, optimizer, splits, state, lambda *_: None)
+        accuracy[name] = evaluate_batches(model, test_batches(cfg.data, cfg.schema))[1]
+    assert accuracy["built-in"] > 0.75, accuracy
+    assert abs(accuracy["built-in"] - accuracy["parquet"]) <= 0.005, accuracy

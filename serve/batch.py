@@ -24,6 +24,8 @@ from mlp.console import CommandError
 from serve.predictor import ModelSource, load_predictor
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg"]
+BATCHES_PER_BLOCK = 4  # rows per Ray Data block, in model batches: a share of work an actor takes at a time
+ACTORS_START_S = 600  # how long the first actors may take to start and load the model before the job fails
 
 
 class PredictError(CommandError):
@@ -109,6 +111,21 @@ def plan(source: ModelSource, input_path: str, output: str, max_image_pixels: in
     return Job(source, input_path, output, kind, features, predictor.info.dataset, max_image_pixels)
 
 
+def actor_pool(node_cpus: list[float]) -> tuple[int, int]:
+    """(least, most) scoring actors of one CPU for nodes with these CPUs; each node keeps one CPU for
+    Ray Data's read and write tasks.
+
+    Scoring actors hold their CPU for the whole job: a pool that took every CPU would leave none
+    for the tasks that read the input, and the job would wait forever (two actors on two 1-CPU
+    nodes did). So the pool grows to one actor per CPU less one per node, and starts with one actor
+    on every node that has a CPU to spare (Ray Data spreads actors over the nodes), so that every
+    such node scores from the start.
+    """
+    nodes = [int(cpus) for cpus in node_cpus if cpus >= 1]
+    most = max(1, sum(nodes) - len(nodes))
+    return max(1, min(sum(1 for cpus in nodes if cpus >= 2), most)), most
+
+
 def run(job: Job, batch_size: int = 256) -> dict[str, Any]:
     """Score the input on the running cluster and write the output; returns rows, seconds and rows/s."""
     import pyarrow.dataset as pads
@@ -118,15 +135,26 @@ def run(job: Job, batch_size: int = 256) -> dict[str, Any]:
     from mlp.tables import table_files
 
     started = time.perf_counter()
-    if job.kind == "table":
-        files, fmt = table_files(job.input)
-        data = ray.data.read_parquet(files) if fmt == "parquet" else ray.data.read_csv(files)
-    else:
-        data = ray.data.read_binary_files(job.input, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
-    actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    scored = data.map_batches(ScoreBatch, fn_constructor_args=(job,), batch_size=batch_size,
-                              concurrency=(1, actors), num_cpus=1, batch_format="numpy")
-    scored.write_parquet(job.output)
+    context = ray.data.DataContext.get_current()  # a Dataset keeps the context it was created under
+    waited = context.wait_for_min_actors_s
+    # Scoring starts once every node's first actor holds its model, so that the first actor up does
+    # not take every block of a small table before the other nodes' actors are ready.
+    context.wait_for_min_actors_s = ACTORS_START_S
+    try:
+        if job.kind == "table":
+            files, fmt = table_files(job.input)
+            data = ray.data.read_parquet(files) if fmt == "parquet" else ray.data.read_csv(files)
+        else:
+            data = ray.data.read_binary_files(job.input, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
+        # Ray Data reads a table of up to hundreds of MiB as one block (215,640 rows in 8 Parquet files
+        # were one), which one actor would score alone: blocks of a few batches give every actor a share.
+        data = data.repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
+        least, most = actor_pool([node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]])
+        scored = data.map_batches(ScoreBatch, fn_constructor_args=(job,), batch_size=batch_size,
+                                  concurrency=(least, most), num_cpus=1, batch_format="numpy")
+        scored.write_parquet(job.output)
+    finally:
+        context.wait_for_min_actors_s = waited
     seconds = time.perf_counter() - started
     rows = pads.dataset(job.output, format="parquet").count_rows()
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "output": job.output,

@@ -310,6 +310,16 @@ class TwoNodeCluster:
         """The cluster's nodes from Ray's State API (what ``ray list nodes`` shows): node_id, state, ..."""
         return self._api_get("/api/v0/nodes?limit=1000&detail=false")["data"]["result"]["result"]
 
+    def tasks(self, limit: int = 10000) -> list[dict[str, Any]]:
+        """Tasks the cluster has recorded, actor method calls included (what ``ray list tasks`` shows): name,
+        state, node_id, actor_id, job_id, ... Which node ran a piece of work, read from Ray itself."""
+        return self._api_get(f"/api/v0/tasks?limit={limit}&detail=false")["data"]["result"]["result"]
+
+    def actors(self, limit: int = 10000) -> list[dict[str, Any]]:
+        """Actors the cluster has recorded, dead ones included (what ``ray list actors`` shows): class_name,
+        state, node_id, job_id, ..."""
+        return self._api_get(f"/api/v0/actors?limit={limit}&detail=false")["data"]["result"]["result"]
+
     def serve_details(self) -> dict[str, Any]:
         """Serve's state from its REST API (what ``serve status`` reads): proxies, applications, and each
         deployment's replicas with their ``replica_id``, ``state``, ``node_id``."""

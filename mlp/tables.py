@@ -93,7 +93,7 @@ def table_files(source: str) -> tuple[list[str], str]:
     return names, kinds.pop()
 
 
-def _open(name: str) -> tuple[Any, str]:
+def open_file(name: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
     return pafs.FileSystem.from_uri(name) if "://" in name else (pafs.LocalFileSystem(), os.path.abspath(name))
@@ -108,7 +108,7 @@ def read_file(name: str, fmt: str) -> Any:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    fs, path = _open(name)
+    fs, path = open_file(name)
     try:
         if fmt == "parquet":
             return pq.read_table(path, filesystem=fs)
@@ -123,7 +123,7 @@ def file_schema(name: str, fmt: str) -> Any:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    fs, path = _open(name)
+    fs, path = open_file(name)
     try:
         if fmt == "parquet":
             return pq.read_schema(path, filesystem=fs)
@@ -168,7 +168,7 @@ def scan(table: TableFiles, rows: int = SCAN_ROWS) -> Iterator[tuple[np.ndarray,
 
     columns = [*table.features, table.label]
     for name in table.files:
-        fs, path = _open(name)
+        fs, path = open_file(name)
         try:
             if table.fmt == "parquet":
                 batches = pq.ParquetFile(path, filesystem=fs).iter_batches(batch_size=rows, columns=columns)
@@ -214,13 +214,20 @@ def split_codes(x: np.ndarray, cfg: DataConfig, held_out_test: bool = True) -> n
     """
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)  # float32: what every path holds
     with np.errstate(over="ignore"):
-        h = _mix(np.full(len(x), np.uint64(cfg.seed), dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-        for column in bits.T:
-            h = _mix(h ^ column.astype(np.uint64))
+        # One odd 64-bit weight per column, summed modulo 2**64: rows that differ anywhere differ here;
+        # a C matrix product, several times faster than mixing column by column.
+        h = bits.astype(np.uint64) @ _weights(bits.shape[1]) if bits.shape[1] else np.zeros(len(x), np.uint64)
+        h = _mix(h ^ _mix(np.full(len(x), cfg.seed, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     test = cfg.test_fraction if held_out_test and not cfg.test_source else 0.0
     val = test + (1 - test) * cfg.val_fraction
     return np.where(u < test, TEST, np.where(u < val, VAL, TRAIN)).astype(np.int8)
+
+
+@functools.lru_cache(maxsize=8)
+def _weights(columns: int) -> np.ndarray:
+    """Fixed odd weights: the same in every process and release, so a row's split never changes."""
+    return np.random.default_rng(0x5EED).integers(0, 2**63, columns, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

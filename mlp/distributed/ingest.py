@@ -6,8 +6,9 @@ the same hash the in-memory path uses) as model rows (``mlp.tables.model_rows``:
 standardisation and class indices of the schema). Ray Train hands each worker an equal
 shard of the training rows (``streaming_split(equal=True)``, so every rank takes the same
 number of steps and the gradient exchange stays in lockstep) and every worker the whole
-validation split, re-read each epoch. Memory per worker is bounded by a few blocks in
-flight, not by the table.
+validation split. Rows that fit in half the cluster's object store are prepared once and
+streamed from there each epoch; larger tables are re-read from their files each epoch
+(``build_datasets``). Memory per worker is bounded by a few blocks in flight, not by the table.
 
 A worker reads its shard in chunks of about ``CHUNK_MB`` as NumPy and cuts each chunk
 into minibatches itself, in a seeded order: asking Ray Data for every 32-row minibatch
@@ -16,6 +17,8 @@ would cost more per step than the model does (BENCHMARKS.md, "Ray Data vs in mem
 
 from __future__ import annotations
 
+import ctypes
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ from mlp.config import Config, DataConfig, SchemaConfig
 from mlp.data import Batches
 from mlp.tables import TRAIN, VAL, TableFiles, arrays, csv_types, model_rows, parts_of, split_codes
 
-CHUNK_MB = 4  # rows a worker takes from Ray Data at a time: enough to make the per-chunk cost vanish
+CHUNK_MB = 64  # a worker takes this much from Ray Data at a time (at most a 16th of the memory budget)
 SPLITS = {"train": TRAIN, "val": VAL}
 
 
@@ -61,11 +64,44 @@ def quiet() -> None:
 
 
 def build_datasets(cfg: Config) -> dict[str, Any]:
-    """``{"train": ..., "val": ...}`` for ``TorchTrainer(datasets=...)``: lazy, executed as workers iterate."""
+    """``{"train": ..., "val": ...}`` for ``TorchTrainer(datasets=...)``.
+
+    When the model rows fit in half the cluster's object store they are prepared once, here
+    (``materialize``: read, split and standardised a single time, held in the object store
+    across the nodes), and each epoch streams the workers their blocks from there; otherwise
+    each epoch re-reads the files. Either way no worker holds more than a few blocks.
+    """
+    import ray
+
     quiet()  # each dataset keeps a copy of the context it was made in
     table = parts_of(cfg.data)[0][0]
-    return {name: read(table).map_batches(ModelRows(table, cfg.data, cfg.schema, part), batch_format="numpy")
-            for name, part in SPLITS.items()}
+    datasets = {name: read(table).map_batches(ModelRows(table, cfg.data, cfg.schema, part), batch_format="numpy")
+                for name, part in SPLITS.items()}
+    size_mb = estimated_mb(table)
+    store_mb = ray.cluster_resources().get("object_store_memory", 0) / 2**20
+    if size_mb <= store_mb / 2:
+        print(f"data: Ray Data prepares the rows once (about {size_mb:,.0f} MB, within half of the "
+              f"{store_mb:,.0f} MB object store) and streams them to the workers every epoch", flush=True)
+        return {name: ds.materialize() for name, ds in datasets.items()}
+    print(f"data: Ray Data re-reads the files every epoch (about {size_mb:,.0f} MB of rows, over half of "
+          f"the {store_mb:,.0f} MB object store)", flush=True)
+    return datasets
+
+
+def estimated_mb(table: TableFiles) -> float:
+    """The table's rows as float32, in MB: from Parquet footers (no data read); a CSV counts its text size."""
+    import pyarrow.parquet as pq
+
+    from mlp.tables import open_file
+
+    total = 0.0
+    for name in table.files:
+        fs, path = open_file(name)
+        if table.fmt == "parquet":
+            total += pq.read_metadata(path, filesystem=fs).num_rows * len(table.features) * 4
+        else:
+            total += fs.get_file_info(path).size
+    return total / 2**20
 
 
 def data_config() -> Any:
@@ -73,6 +109,15 @@ def data_config() -> Any:
     from ray.train import DataConfig as TrainDataConfig
 
     return TrainDataConfig(datasets_to_split=["train"])
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by past chunks back to the OS (glibc keeps it per thread otherwise): a streaming
+    worker's footprint then stays at what it holds now, not at the sum of its threads' high-water marks."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def private_mb() -> float:
@@ -88,18 +133,18 @@ class StreamedSplits:
     """``mlp.data.EpochData`` over this worker's Ray Data shards.
 
     The validation rows are streamed once and then kept (re-reading them every epoch would
-    cost a whole pipeline run each time), unless they take more than ``keep_mb`` (a quarter
-    of ``data.memory_budget_mb``). ``start_mb`` and ``peak_mb`` are the worker's own memory
+    cost a whole pipeline run each time), unless they take more than a quarter of
+    ``data.memory_budget_mb``; a chunk takes at most a sixteenth of it. ``start_mb`` and ``peak_mb`` are the worker's own memory
     when the first row is asked for (model, optimizer and gradient exchange built) and at
     its highest, sampled once per chunk: the difference is what the data costs the worker.
     """
 
-    def __init__(self, seed: int, device: torch.device, features: int, keep_mb: float) -> None:
+    def __init__(self, seed: int, device: torch.device, features: int, budget_mb: float) -> None:
         import ray.train
 
         quiet()
-        self.chunk_rows = max(1024, CHUNK_MB * 2**20 // (4 * features))
-        self.keep_mb = keep_mb
+        self.chunk_rows = max(512, int(min(CHUNK_MB, budget_mb / 16) * 2**20) // (4 * features))
+        self.keep_mb = budget_mb / 4
         self.train = ray.train.get_dataset_shard("train")
         self.val = ray.train.get_dataset_shard("val")
         self.seed, self.device = seed, device
@@ -110,10 +155,13 @@ class StreamedSplits:
     def _chunks(self, shard: Any) -> Batches:
         if self.start_mb is None:
             self.start_mb = self.peak_mb = private_mb()
-        for chunk in shard.iter_batches(batch_size=self.chunk_rows, batch_format="numpy", prefetch_batches=1):
-            self.peak_mb = max(self.peak_mb, private_mb())
-            yield (torch.from_numpy(np.array(chunk["x"], dtype=np.float32)).to(self.device),
-                   torch.from_numpy(np.array(chunk["y"], dtype=np.int64)).to(self.device))
+        for chunk in shard.iter_batches(batch_size=self.chunk_rows, batch_format="numpy", prefetch_batches=2):
+            self.peak_mb = max(self.peak_mb, private_mb())  # before the trim: the chunk just used still counts
+            release_freed_memory()
+            with warnings.catch_warnings():  # read-only views of the object store: only ever indexed, never written
+                warnings.simplefilter("ignore", UserWarning)
+                yield (torch.from_numpy(np.asarray(chunk["x"], dtype=np.float32)).to(self.device),
+                       torch.from_numpy(np.asarray(chunk["y"], dtype=np.int64)).to(self.device))
 
     def train_batches(self, epoch: int, rank: int, world: int, batch_size: int) -> Batches:
         """Each chunk shuffled with a seed of (data.seed, epoch, rank, chunk), then cut into minibatches."""

@@ -69,7 +69,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if cfg.data.ingest == "stream":
         from mlp.distributed.ingest import StreamedSplits
 
-        streamed = StreamedSplits(cfg.data.seed, device, cfg.schema.input_size, memory_budget_mb(cfg.data) / 4)
+        streamed = StreamedSplits(cfg.data.seed, device, cfg.schema.input_size, memory_budget_mb(cfg.data))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

@@ -51,10 +51,18 @@ class TrialPlan:
 
 
 def choose_runner(cfg: Config) -> str:
-    """``auto``: one worker runs in-process (measured faster), several through a TorchTrainer."""
+    """``auto``: one worker runs in-process (measured faster), several through a TorchTrainer.
+
+    A streamed table (``data.ingest stream``) reaches workers only as Ray Data shards, which a
+    TorchTrainer hands out: its trials always run through one.
+    """
+    streamed = cfg.data.ingest == "stream"
+    if cfg.tune.runner == "process" and streamed:
+        raise ConfigError("tune.runner", "process holds the table in each trial's memory; a streamed table "
+                                         "(data.ingest stream) needs tune.runner trainer or auto")
     if cfg.tune.runner != "auto":
         return cfg.tune.runner
-    return "process" if cfg.tune.workers_per_trial == 1 else "trainer"
+    return "process" if cfg.tune.workers_per_trial == 1 and not streamed else "trainer"
 
 
 def plan_trials(cfg: Config, cluster: dict[str, float]) -> TrialPlan:

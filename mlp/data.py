@@ -216,7 +216,7 @@ def synthetic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_splits(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> Splits:
-    """Train and validation split, carved from the training set by a hash of each row seeded with ``data.seed``.
+    """Train and validation split, carved from the training set with ``data.seed``.
 
     A table needs its ``schema`` (``resolve_data``): the classes and the standardisation.
     """
@@ -232,10 +232,10 @@ def load_splits(cfg: DataConfig, schema: Optional[SchemaConfig] = None) -> Split
         x, y = synthetic(cfg.synthetic_size, seed=1)
     else:
         x, y = _load_tensors(cfg.dataset, cfg.dir, True)
-    from mlp.tables import VAL, split_codes
-
-    val = torch.from_numpy(split_codes(x.numpy(), cfg, held_out_test=False) == VAL)
-    return Splits(x[~val], y[~val], x[val], y[val], cfg.seed)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    n_val = max(1, int(len(x) * cfg.val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    return Splits(x[train], y[train], x[val], y[val], cfg.seed)
 
 
 def _schema_of(cfg: DataConfig, schema: Optional[SchemaConfig]) -> SchemaConfig:

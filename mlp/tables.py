@@ -204,13 +204,11 @@ def arrays(batch: Any, table: TableFiles, where: str) -> tuple[np.ndarray, np.nd
     return x, np.array([str(v) for v in labels], dtype=object)
 
 
-def split_codes(x: np.ndarray, cfg: DataConfig, held_out_test: bool = True) -> np.ndarray:
+def split_codes(x: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """TRAIN, VAL or TEST for each row, from a seeded hash of its feature values.
 
     A function of the row alone, so every reader (whole table, Ray Data blocks, any number
     of workers) cuts the same; identical rows share a split, so none leaks into the test.
-    The built-in datasets cut their validation rows the same way (``held_out_test=False``:
-    they have their own test set), so a built-in exported to Parquet trains identically.
     """
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)  # float32: what every path holds
     with np.errstate(over="ignore"):
@@ -219,7 +217,7 @@ def split_codes(x: np.ndarray, cfg: DataConfig, held_out_test: bool = True) -> n
         h = bits.astype(np.uint64) @ _weights(bits.shape[1]) if bits.shape[1] else np.zeros(len(x), np.uint64)
         h = _mix(h ^ _mix(np.full(len(x), cfg.seed, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
     u = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    test = cfg.test_fraction if held_out_test and not cfg.test_source else 0.0
+    test = 0.0 if cfg.test_source else cfg.test_fraction
     val = test + (1 - test) * cfg.val_fraction
     return np.where(u < test, TEST, np.where(u < val, VAL, TRAIN)).astype(np.int8)
 

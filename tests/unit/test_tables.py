@@ -105,14 +105,14 @@ def bad_tables(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     write(frame.iloc[:90], tmp / "mixed" / "a.csv")
     write(frame.iloc[90:].rename(columns={"hue": "Hue"}), tmp / "mixed" / "b.csv")
     rare = frame.copy()
-    rare.loc[rare.index[-1], "label"] = "class_9"  # one row only: with seed 4 its hash puts it outside the training rows
+    rare.loc[rare.index[-1], "label"] = "class_9"  # one row only: with seed 2 its hash puts it in the test rows
     return {
         "missing label": (write(frame, tmp / "w.csv"), {"label": "target"}, "no column 'target' in"),
         "non-numeric feature": (write(texty, tmp / "t.parquet"), {}, "feature column 'colour'"),
         "a single class": (write(one_class, tmp / "one.csv"), {}, "one class only"),
         "an empty file": (empty, {}, "empty.csv"),
         "files whose columns differ": (tmp / "mixed", {}, "must have the same columns"),
-        "test labels training never saw": (write(rare, tmp / "rare.csv"), {"seed": 4}, "labels training never sees"),
+        "test labels training never saw": (write(rare, tmp / "rare.csv"), {"seed": 2}, "labels training never sees"),
         "an unknown feature": (write(frame, tmp / "w2.csv"), {"features": ["alcohol", "colour"]}, "data.features"),
     }
 
@@ -138,11 +138,13 @@ def test_mlp_train_refuses_a_bad_table_with_exit_2_and_writes_nothing(tmp_path: 
 
 @pytest.mark.slow
 def test_fashion_mnist_exported_to_parquet_trains_as_the_built_in(tmp_path: Path) -> None:
-    """The same pixels as a table (train and test Parquet files) give the built-in's test accuracy.
+    """The same pixels as a table (train and test Parquet files) reach the built-in's test accuracy.
 
-    The table path reads the files, hashes each row into its split and scales nothing
-    (``data.normalize none``: the exported values are already the built-in's [0, 1] pixels),
-    so with the same seed and settings it trains on the same rows in the same order.
+    The table path reads the files, hashes each row into its split (the built-in draws a
+    seeded permutation) and scales nothing (``data.normalize none``: the exported values are
+    already the built-in's [0, 1] pixels). Same seed and settings; a cosine schedule, because
+    with a constant lr of 0.1 the last epoch's accuracy swings by points from epoch to epoch,
+    whatever the path (measured: 0.19 and 0.02 points apart for seeds 0 and 1).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -158,10 +160,11 @@ def test_fashion_mnist_exported_to_parquet_trains_as_the_built_in(tmp_path: Path
     for name, data in (("built-in", {"dataset": "fashion-mnist"}),
                        ("parquet", {"source": str(tmp_path / "train.parquet"),
                                     "test_source": str(tmp_path / "test.parquet"), "normalize": "none"})):
-        cfg = resolve_data(Config.from_dict({"data": data, "train": {"epochs": 3},
+        cfg = resolve_data(Config.from_dict({"data": data, "train": {"epochs": 5},
+                                             "optim": {"lr": 0.1, "schedule": "cosine"},
                                              "run": {"storage_path": str(tmp_path / "runs")}}))
         model, optimizer, splits, state = prepare(cfg, torch.device("cpu"))
         fit(cfg, model, optimizer, splits, state, lambda *_: None)
         accuracy[name] = evaluate_batches(model, test_batches(cfg.data, cfg.schema))[1]
-    assert accuracy["built-in"] > 0.75, accuracy
+    assert accuracy["built-in"] > 0.83, accuracy
     assert abs(accuracy["built-in"] - accuracy["parquet"]) <= 0.005, accuracy

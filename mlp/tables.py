@@ -103,21 +103,6 @@ def _failed(name: str, fmt: str, err: Exception) -> DataError:
     return DataError(f"cannot read {name} as {fmt}: {' '.join(str(err).split())[:300]}")
 
 
-def read_file(name: str, fmt: str) -> Any:
-    """One file as a pyarrow Table (any URI pyarrow knows)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    fs, path = open_file(name)
-    try:
-        if fmt == "parquet":
-            return pq.read_table(path, filesystem=fs)
-        with fs.open_input_stream(path) as stream:
-            return pacsv.read_csv(stream)
-    except Exception as err:  # noqa: BLE001 - an empty or damaged file: say which
-        raise _failed(name, fmt, err) from None
-
-
 def file_schema(name: str, fmt: str) -> Any:
     """A file's columns and types, from its footer (Parquet) or its first block (CSV): no full read."""
     import pyarrow.csv as pacsv

@@ -73,13 +73,13 @@ class ScoreBatch:
 
 def _input_kind(path: str) -> tuple[str, Optional[list[str]]]:
     """("table", its columns) for Parquet / CSV input, ("images", None) for a folder of PNG / JPEG files."""
-    from mlp.tables import DataError, table_files, read_file
+    from mlp.tables import DataError, file_schema, table_files
 
     try:
         files, fmt = table_files(path)
     except DataError:
         return "images", None
-    return "table", read_file(files[0], fmt).schema.names
+    return "table", file_schema(files[0], fmt).names
 
 
 def plan(source: ModelSource, input_path: str, output: str, max_image_pixels: int) -> Job:

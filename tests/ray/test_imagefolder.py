@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from ray import serve
-from s3server import free_port  # tests/ is on sys.path while pytest runs
+from owndata import save_pictures  # tests/ is on sys.path while pytest runs
+from s3server import free_port
 
 from mlp.config import Config, DataConfig
 from mlp.data import load_test
@@ -31,14 +31,6 @@ CLASSES = {"Trouser": 1, "Bag": 8, "Sneaker": 7}  # folder name -> Fashion-MNIST
 PER_CLASS = 300  # trained on (then split by the tables' rule)
 UPLOADS = 20  # per class, pictures the folder never held
 ACCURACY_BAR = 0.85  # measured 0.99-1.0 on the test split (3 epochs); the bar leaves room for other seeds
-
-
-def save_pictures(root: Path, pictures: dict[str, np.ndarray]) -> Path:
-    for name, images in pictures.items():
-        (root / name).mkdir(parents=True)
-        for i, image in enumerate(images):
-            Image.fromarray(image, "L").save(root / name / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_wine
+from owndata import wine_table  # tests/owndata.py
 
 from mlp import registry
 from mlp.checkpoint import save_checkpoint
@@ -39,10 +39,7 @@ def promote_trained(cfg: Config, tmp: Path, name: str, limit: int | None = None)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
-    wine = load_wine(as_frame=True)
-    frame = wine.frame.rename(columns={"target": "kind"})
-    frame["kind"] = [str(wine.target_names[i]) for i in wine.target]
-    frame.to_csv(tmp / "wine.csv", index=False)
+    frame = wine_table(tmp / "wine.csv")
     table_cfg = resolve_data(Config.from_dict({
         "data": {"source": str(tmp / "wine.csv"), "label": "kind"}, "model": {"hidden_sizes": [32]},
         "optim": {"name": "adam", "lr": 0.003}, "train": {"epochs": 10, "batch_size": 32},

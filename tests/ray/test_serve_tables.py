@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from ray import serve
 from s3server import free_port  # tests/ is on sys.path while pytest runs
-from sklearn.datasets import load_wine
+from owndata import wine_table  # tests/owndata.py
 
 from mlp.checkpoint import save_checkpoint
 from mlp.config import Config
@@ -41,10 +41,7 @@ WINE_CLASSES = ["class_0", "class_1", "class_2"]  # load_wine().target_names
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-tables")
-    wine = load_wine(as_frame=True)
-    frame = wine.frame.rename(columns={"target": "kind"})
-    frame["kind"] = [str(wine.target_names[i]) for i in wine.target]
-    frame.to_csv(tmp / "wine.csv", index=False)
+    frame = wine_table(tmp / "wine.csv")
     cfg = resolve_data(Config.from_dict({
         "data": {"source": str(tmp / "wine.csv"), "label": "kind"}, "model": {"hidden_sizes": [32]},
         "optim": {"name": "adam", "lr": 0.003}, "train": {"epochs": 10, "batch_size": 32},

@@ -46,12 +46,9 @@ def test_two_workers_learn_and_checkpoint_loads(config_factory) -> None:
 def test_two_workers_train_on_a_csv_table_and_the_checkpoint_carries_its_schema(config_factory, tmp_path) -> None:
     """The driver infers the table's schema; both workers read the table, standardise it the same way,
     and train; the final test accuracy passes the bar and the checkpoint rebuilds a 13-feature, 3-class model."""
-    from sklearn.datasets import load_wine
+    from owndata import wine_table  # tests/owndata.py
 
-    wine = load_wine(as_frame=True)
-    frame = wine.frame.rename(columns={"target": "kind"})
-    frame["kind"] = [str(wine.target_names[i]) for i in wine.target]
-    frame.to_csv(tmp_path / "wine.csv", index=False)
+    frame = wine_table(tmp_path / "wine.csv")
     cfg = config_factory(data={"source": str(tmp_path / "wine.csv"), "label": "kind"},
                          scaling={"num_workers": 2}, model={"hidden_sizes": [64]},
                          optim={"name": "adam", "lr": 0.003}, train={"epochs": 30, "batch_size": 32},

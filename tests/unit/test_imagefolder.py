@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from owndata import save_pictures  # tests/ is on sys.path while pytest runs
 from PIL import Image
 
 from mlp.config import Config, DataConfig
@@ -34,20 +35,12 @@ def pictures() -> dict[str, np.ndarray]:
     return {name: pixels[(y == label).numpy()][:PER_CLASS] for name, label in CLASSES.items()}
 
 
-def build(root: Path, pictures: dict[str, np.ndarray]) -> Path:
-    for name, images in pictures.items():
-        (root / name).mkdir(parents=True)
-        for i, image in enumerate(images):
-            Image.fromarray(image, "L").save(root / name / f"{i:03d}.png")
-    return root
-
-
 def config(source: Path, **data) -> Config:
     return Config.from_dict({"data": {"source": str(source), **data}})
 
 
 def test_the_folder_decodes_to_exactly_the_saved_pixels(tmp_path: Path, pictures) -> None:
-    root = build(tmp_path / "clothes", pictures)
+    root = save_pictures(tmp_path / "clothes", pictures)
     (root / "Bag" / "notes.txt").write_text("not a picture")  # ignored: not PNG/JPEG
     (root / "Bag" / ".DS_Store").write_bytes(b"\0junk")  # ignored: a dot name
     (root / "README.md").write_text("top-level files are not classes")
@@ -65,7 +58,7 @@ def rows_with_labels(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[i
 
 
 def test_resolve_fills_the_schema_and_splits_as_tables_do(tmp_path: Path, pictures, monkeypatch) -> None:
-    build(tmp_path / "clothes", pictures)
+    save_pictures(tmp_path / "clothes", pictures)
     monkeypatch.chdir(tmp_path)
     cfg = resolve_data(config(Path("clothes"), seed=3))  # relative: made absolute for the workers
     assert cfg.data.source == str(tmp_path / "clothes") and cfg.data.ingest == "memory"
@@ -88,7 +81,7 @@ def test_resolve_fills_the_schema_and_splits_as_tables_do(tmp_path: Path, pictur
 
 
 def test_jpeg_nested_and_other_sizes_follow_the_image_rule(tmp_path: Path, pictures) -> None:
-    root = build(tmp_path / "mixed", {name: images[:3] for name, images in pictures.items()})
+    root = save_pictures(tmp_path / "mixed", {name: images[:3] for name, images in pictures.items()})
     big = Image.fromarray(pictures["Bag"][5], "L").resize((84, 70))
     (root / "Bag" / "more").mkdir()
     big.save(root / "Bag" / "more" / "big.png")
@@ -103,8 +96,8 @@ def test_jpeg_nested_and_other_sizes_follow_the_image_rule(tmp_path: Path, pictu
 
 
 def test_a_second_folder_can_be_the_test_set(tmp_path: Path, pictures) -> None:
-    build(tmp_path / "train", pictures)
-    build(tmp_path / "held-out", {"Bag": pictures["Bag"][:7], "Sneaker": pictures["Sneaker"][:5]})
+    save_pictures(tmp_path / "train", pictures)
+    save_pictures(tmp_path / "held-out", {"Bag": pictures["Bag"][:7], "Sneaker": pictures["Sneaker"][:5]})
     cfg = resolve_data(config(tmp_path / "train", test_source=str(tmp_path / "held-out")))
     splits, (test_x, test_y) = load_splits(cfg.data, cfg.schema), load_test(cfg.data, cfg.schema)
     assert len(splits.train_x) + len(splits.val_x) == 3 * PER_CLASS
@@ -114,14 +107,14 @@ def test_a_second_folder_can_be_the_test_set(tmp_path: Path, pictures) -> None:
 
 
 def bad_folders(tmp: Path, pictures) -> dict[str, tuple[Path, str]]:
-    one = build(tmp / "one", {"Bag": pictures["Bag"][:3]})
-    empty_class = build(tmp / "empty-class", {"Bag": pictures["Bag"][:3], "Sneaker": pictures["Sneaker"][:3]})
+    one = save_pictures(tmp / "one", {"Bag": pictures["Bag"][:3]})
+    empty_class = save_pictures(tmp / "empty-class", {"Bag": pictures["Bag"][:3], "Sneaker": pictures["Sneaker"][:3]})
     (empty_class / "Trouser").mkdir()
     (empty_class / "Trouser" / "list.csv.txt").write_text("no pictures here")
-    broken = build(tmp / "broken", {"Bag": pictures["Bag"][:3], "Sneaker": pictures["Sneaker"][:3]})
+    broken = save_pictures(tmp / "broken", {"Bag": pictures["Bag"][:3], "Sneaker": pictures["Sneaker"][:3]})
     (broken / "Sneaker" / "cut.png").write_bytes((broken / "Sneaker" / "000.png").read_bytes()[:60])
     (tmp / "empty").mkdir()
-    few = build(tmp / "few", {"Bag": pictures["Bag"][:1], "Sneaker": pictures["Sneaker"][:2]})
+    few = save_pictures(tmp / "few", {"Bag": pictures["Bag"][:1], "Sneaker": pictures["Sneaker"][:2]})
     return {
         "fewer than two class folders": (one, f"{one} has only the class folder 'Bag'"),
         "a class folder with no pictures": (empty_class, f"class folder {empty_class}/Trouser holds no PNG or JPEG"),
@@ -164,7 +157,7 @@ def test_mlp_train_refuses_a_bad_folder_with_exit_2_and_writes_nothing(tmp_path:
 def test_a_bucket_folder_reads_like_the_local_one(tmp_path: Path, pictures, s3_root: str) -> None:
     import pyarrow.fs as pafs
 
-    local = build(tmp_path / "clothes", {name: images[:10] for name, images in pictures.items()})
+    local = save_pictures(tmp_path / "clothes", {name: images[:10] for name, images in pictures.items()})
     (local / "Bag" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     pafs.copy_files(str(local), f"{s3_root}/clothes")
     uri = f"{s3_root}/clothes/"

@@ -134,7 +134,8 @@ def test_predict_scores_every_s3_row_once_on_both_nodes(two_nodes: TwoNodeCluste
                              "--batch-size", str(PREDICT_BATCH))
     assert proc.returncode == 0, failed(proc)
     score, features = bucket["score"], bucket["features"]
-    done = proc.stdout.strip().splitlines()[-1]
+    # The summary line; Ray may echo its workers' log lines (raylet warnings) to stdout after it.
+    done = next((line for line in proc.stdout.splitlines() if line.startswith("scored ")), "")
     print(f"\n{done}")
     assert done.startswith(f"scored {len(score)} rows with {version} in "), failed(proc)  # the alias, pinned
     out = pads.dataset(output, format="parquet").to_table().to_pandas().sort_values("id")

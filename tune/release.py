@@ -52,7 +52,7 @@ _BASES = train_controller_callback_bases()  # another Ray: a UserCallback with n
 
 
 def _state_api_sees(actor_id: str) -> Optional[str]:
-    """None if the auto-detected State API reports ``actor_id`` alive, else what went wrong.
+    """None if the auto-detected State API knows ``actor_id`` as not dead, else what went wrong.
 
     Asked exactly as Ray's ``PlacementGroupCleaner`` asks (``get_actor`` without an address),
     in a daemon thread, because a wrong address can keep the client retrying for a long time.
@@ -75,7 +75,9 @@ def _state_api_sees(actor_id: str) -> Optional[str]:
         return f"the State API that Ray's cleaner auto-detects fails: {answer['error']}"
     if "state" not in answer:
         return f"the State API that Ray's cleaner auto-detects did not answer within {PROBE_TIMEOUT_S:g}s"
-    if answer["state"] != "ALIVE":
+    # Ray's cleaner counts any state but DEAD as alive (ray.train.v2's is_actor_alive); a controller
+    # still finishing its own creation reads PENDING_CREATION here, which is this cluster all the same.
+    if answer["state"] == "DEAD" or answer["state"] == "unknown to that cluster":
         return (f"the State API that Ray's cleaner auto-detects reports this live controller as "
                 f"{answer['state']}: it is another cluster's")
     return None

@@ -371,6 +371,12 @@ class ServeConfig:
         metadata=_help("file holding the token POST /admin/reload requires when serve.host is not loopback "
                        "(else $MLP_ADMIN_TOKEN in the replica's environment; with neither the route is off)"),
     )
+    api_keys_file: Optional[str] = field(
+        default=None,
+        metadata=_help("file of SHA-256 digests of the API keys POST /predict then requires, loopback or not "
+                       "(one per line, optionally name:digest; `python -m serve.keys new` adds one); re-read "
+                       "within a second of a change, no restart; unset: /predict is open"),
+    )
     min_replicas: int = field(default=1, metadata=_help("autoscaling lower bound"))
     max_replicas: int = field(default=2, metadata=_help("autoscaling upper bound"))
     target_ongoing_requests: float = field(default=16, metadata=_help("autoscaling target per replica"))

@@ -22,6 +22,10 @@ batch already running keeps the predictor it started with.
 ``POST /admin/reload`` is open while the endpoint listens on loopback only;
 otherwise it needs ``Authorization: Bearer <token>`` (``serve.admin_token_file``
 or ``$MLP_ADMIN_TOKEN``) and is off without a token (``serve.options.admin_access``).
+With ``serve.api_keys_file`` set, ``POST /predict`` needs an API key (``Authorization: Bearer <key>`` or
+``X-API-Key``), checked before the body is read, on loopback too; the replica follows the file as the
+operator rotates keys (``serve.keys.KeyRing``). Without it ``/predict`` is open, and a replica whose
+endpoint listens beyond loopback says so in its start-up log.
 ``/openapi.json`` describes every request and answer for this replica's config and
 model (``serve.web.openapi_document``: a table model's names its columns and classes);
 images decode in a bounded thread pool (``serve.web.DecodePool``), never on the event loop that answers ``/healthz``.
@@ -56,7 +60,8 @@ from starlette.responses import Response
 
 from mlp.config import Config, ConfigError, ServeConfig
 from serve.inputs import InputError
-from serve.options import UNKNOWN_HOST, admin_access, config_from_app_args, deployment_options
+from serve.keys import KeyRing
+from serve.options import UNKNOWN_HOST, admin_access, config_from_app_args, deployment_options, open_predict_notice
 from serve.predictor import ModelSource, Predictor, load_predictor
 from serve.web import error_response, json_response, openapi_document, parse_request, prediction_body, split_rows
 
@@ -133,10 +138,19 @@ class MLPService:
         self._lock = asyncio.Lock()
         self._infer.set_max_batch_size(self.cfg.serve.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
-        self.admin = admin_access(self.cfg.serve, await asyncio.to_thread(serve_http_host))
+        bound_host = await asyncio.to_thread(serve_http_host)
+        self.admin = admin_access(self.cfg.serve, bound_host)
         if self.admin.mode != "open":
             log.info("POST /admin/reload: %s (%s)", "token required" if self.admin.mode == "token" else "off",
                      self.admin.detail or self.admin.reason)
+        # A keys file that is missing, unreadable or holds no digest raises ConfigError here: a failed start
+        # naming the file, rather than a replica that refuses every prediction or, worse, accepts them all.
+        self.keys: Optional[KeyRing] = None
+        if self.cfg.serve.api_keys_file:
+            self.keys = await asyncio.to_thread(KeyRing, self.cfg.serve.api_keys_file)
+            log.info("POST /predict: API key required (%s from %s)", self.keys.describe(), self.keys.path)
+        elif (notice := open_predict_notice(self.cfg.serve, bound_host)) is not None:
+            log.warning(notice)
         self.openapi_doc = self._document(None)  # replaced by each model loaded: a table model's names its columns
         # Serve routes nothing here before this returns, so waiting for the model costs no 503s.
         await self._load_within_grace()
@@ -244,6 +258,11 @@ class MLPService:
 
     @api.post("/predict", summary="Classify one instance, a batch, or an uploaded image")
     async def predict(self, request: Request) -> Response:
+        if self.keys is not None:  # before anything else: a request without a key costs no body read or decode
+            try:
+                self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            except InputError as err:
+                return error_response(err)
         predictor = self.predictor
         if predictor is None:
             return json_response({"error": self.problem, "status": 503}, status=503)

@@ -7,7 +7,9 @@ the CLI); ``deployment_options`` and ``http_options`` are the only places that
 translate ``ServeConfig`` fields into Ray Serve's names. ``admin_access``
 decides who may call ``POST /admin/reload``: anyone when the endpoint only
 listens on loopback, else only the holder of a token (and nobody when there
-is no token).
+is no token). ``POST /predict`` needs an API key whenever ``serve.api_keys_file``
+is set (``serve.keys``); without it, it stays open, and ``open_predict_notice``
+is the warning a replica logs when that endpoint listens beyond loopback.
 """
 
 from __future__ import annotations
@@ -82,6 +84,23 @@ def is_loopback(host: str) -> bool:
         return host.lower() == "localhost"
 
 
+def exposed_address(cfg: ServeConfig, bound_host: Optional[str] = None) -> Optional[str]:
+    """The first of ``serve.host`` and the bound address that is not loopback; None while both are loopback."""
+    exposed = [host for host in (cfg.host, bound_host) if host is not None and not is_loopback(host)]
+    return exposed[0] if exposed else None
+
+
+def open_predict_notice(cfg: ServeConfig, bound_host: Optional[str] = None) -> Optional[str]:
+    """The start-up warning for ``POST /predict`` left open beyond loopback (no ``serve.api_keys_file``); None
+    when keys are required or the endpoint listens on loopback only (open there, as always)."""
+    exposed = exposed_address(cfg, bound_host)
+    if cfg.api_keys_file or exposed is None:
+        return None
+    return (f"POST /predict is open to anyone who can reach {exposed}:{cfg.port}: to require API keys, make one "
+            "with `python -m serve.keys new --name NAME --file FILE` and serve with --serve.api_keys_file FILE "
+            "(serve.api_keys_file in a YAML)")
+
+
 @dataclass(frozen=True)
 class AdminAccess:
     """Who may call the admin routes: ``open`` (loopback only), ``token`` (a bearer token) or ``off``."""
@@ -118,10 +137,10 @@ def admin_access(cfg: ServeConfig, bound_host: Optional[str] = None,
     ``serve.admin_token_file`` (whitespace around it dropped), else ``$MLP_ADMIN_TOKEN``; with neither, or
     one too short, the route is off. Read once, when the replica starts.
     """
-    exposed = [host for host in (cfg.host, bound_host) if host is not None and not is_loopback(host)]
-    if not exposed:
+    exposed = exposed_address(cfg, bound_host)
+    if exposed is None:
         return AdminAccess("open")
-    where = f"the endpoint listens on {exposed[0]}, not a loopback address"
+    where = f"the endpoint listens on {exposed}, not a loopback address"
     environ = os.environ if environ is None else environ
     if cfg.admin_token_file:
         source = f"serve.admin_token_file {cfg.admin_token_file}"

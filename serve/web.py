@@ -349,10 +349,29 @@ def _table_predict(cfg: ServeConfig) -> dict[str, Any]:
     }
 
 
+# With serve.api_keys_file: either scheme carries the same key (serve.keys.presented_key).
+API_KEY_SCHEMES = {
+    "apiKeyBearer": {"type": "http", "scheme": "bearer",
+                     "description": "an API key as 'Authorization: Bearer <key>' (serve.api_keys_file)"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                     "description": "the same API key as 'X-API-Key: <key>'"},
+}
+
+
+def _with_api_key(predict: dict[str, Any]) -> dict[str, Any]:
+    """``POST /predict`` when ``serve.api_keys_file`` is set: either key scheme, and the 401 without a valid key."""
+    unauthorized = _error("no API key, or not one of this endpoint's keys (checked before the body is read)")
+    unauthorized["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
+    responses = dict(sorted({**predict["responses"], "401": unauthorized}.items()))
+    return {**predict, "security": [{name: []} for name in API_KEY_SCHEMES], "responses": responses}
+
+
 def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[tuple[str, str], dict[str, Any]]:
     """requestBody / parameters / responses of each route, as the server really behaves with ``cfg`` (and a
     table model's ``/predict`` when ``table``)."""
     predict = _table_predict(cfg) if table else _pixel_predict(cfg)
+    if cfg.api_keys_file:
+        predict = _with_api_key(predict)
     no_model = _no_model()
     not_ready = _json("NotReady", "no model loaded yet, or Ray Serve's queue full (text/plain)")
     not_ready["content"].update(BACKPRESSURE)
@@ -377,7 +396,8 @@ def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[
 def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, table: TableForm | None = None,
                      classes: Sequence[str] = ()) -> dict[str, Any]:
     """FastAPI's document for the routes (``base``: paths, summaries, operation ids) with every request and
-    response described for this config; ``admin_mode`` is ``serve.options.AdminAccess.mode``. For a table
+    response described for this config (with ``serve.api_keys_file``, ``/predict``'s key schemes and 401);
+    ``admin_mode`` is ``serve.options.AdminAccess.mode``. For a table
     model (``table``: ``Predictor.table_form``) ``/predict`` takes its feature columns by name and answers
     with its ``classes``; an image model's document does not depend on the model."""
     doc = json.loads(json.dumps(base))  # a deep copy; FastAPI caches ``base``
@@ -389,7 +409,12 @@ def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, ta
                                       "name to /predict.")
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(openapi_schemas(cfg, table, classes))
+    schemes: dict[str, Any] = {}
     if admin_mode == "token":
-        components["securitySchemes"] = {"adminToken": {"type": "http", "scheme": "bearer",
-                                                         "description": "serve.admin_token_file or $MLP_ADMIN_TOKEN"}}
+        schemes["adminToken"] = {"type": "http", "scheme": "bearer",
+                                 "description": "serve.admin_token_file or $MLP_ADMIN_TOKEN"}
+    if cfg.api_keys_file:
+        schemes.update(API_KEY_SCHEMES)
+    if schemes:
+        components["securitySchemes"] = schemes
     return doc

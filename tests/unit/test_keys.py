@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -10,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -160,27 +162,48 @@ def test_a_settled_unchanged_file_is_not_read_again(tmp_path, monkeypatch):
     assert reads == []
 
 
-def test_a_vanished_or_broken_file_keeps_the_last_good_keys_and_warns_once(tmp_path, caplog):
+@contextlib.contextmanager
+def serve_log_records() -> Iterator[list[logging.LogRecord]]:
+    """The records the ``ray.serve`` logger emits, caught by a handler on that logger itself.
+
+    Serve sets ``propagate=False`` on it once an app has run in this process, so pytest's
+    ``caplog`` (a root handler) would see nothing when Ray tests ran earlier in the session.
+    """
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("ray.serve")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_a_vanished_or_broken_file_keeps_the_last_good_keys_and_warns_once(tmp_path):
     path, clock = tmp_path / "keys", Clock()
     write_keys(path, f"alice:{hash_key(ALICE)}\n")
     ring = KeyRing(path, clock=clock)
     path.unlink()
-    with caplog.at_level(logging.INFO, logger="ray.serve"):
+    with serve_log_records() as records:
         for _ in range(3):
             clock.now += RECHECK_S
             assert ring.check(None, ALICE) == "alice"
-        assert sum("cannot be read" in r.getMessage() for r in caplog.records) == 1
-        assert "keeps the 1 key: alice read before" in caplog.records[0].getMessage()
+        assert sum("cannot be read" in r.getMessage() for r in records) == 1
+        assert "keeps the 1 key: alice read before" in records[0].getMessage()
         write_keys(path, f"{BOB}\n")  # a plain key by mistake: refused, never logged
         clock.now += RECHECK_S
         assert ring.check(None, ALICE) == "alice"
         assert refused(ring, api_key=BOB).status == 401
-        assert "line 1 is not a SHA-256 hex digest" in caplog.records[-1].getMessage()
+        assert "line 1 is not a SHA-256 hex digest" in records[-1].getMessage()
         write_keys(path, f"bob:{hash_key(BOB)}\n")
         clock.now += RECHECK_S
         assert ring.check(None, BOB) == "bob"
-    assert all(BOB not in r.getMessage() and ALICE not in r.getMessage() for r in caplog.records)
-    assert any("re-read" in r.getMessage() and "bob" in r.getMessage() for r in caplog.records)
+    assert all(BOB not in r.getMessage() and ALICE not in r.getMessage() for r in records)
+    assert any("re-read" in r.getMessage() and "bob" in r.getMessage() for r in records)
 
 
 def test_emptying_the_file_revokes_every_key(tmp_path):

@@ -61,6 +61,7 @@ from starlette.responses import Response
 from mlp.config import Config, ConfigError, ServeConfig
 from serve.inputs import InputError
 from serve.keys import KeyRing
+from serve.metrics import ServeMetrics
 from serve.options import UNKNOWN_HOST, admin_access, config_from_app_args, deployment_options, open_predict_notice
 from serve.predictor import ModelSource, Predictor, load_predictor
 from serve.web import error_response, json_response, openapi_document, parse_request, prediction_body, split_rows
@@ -136,6 +137,7 @@ class MLPService:
         self.loaded_at = 0.0
         self._load_deadline = time.monotonic() + self.cfg.serve.load_grace_s
         self._lock = asyncio.Lock()
+        self.metrics = ServeMetrics()
         self._infer.set_max_batch_size(self.cfg.serve.max_batch_size)
         self._infer.set_batch_wait_timeout_s(self.cfg.serve.batch_wait_timeout_s)
         bound_host = await asyncio.to_thread(serve_http_host)
@@ -216,6 +218,7 @@ class MLPService:
             old = self.predictor.version if self.predictor else None
             document = self._document(predictor)
             self.predictor, self.openapi_doc, self.problem, self.loaded_at = predictor, document, "", time.time()
+            self.metrics.serving(predictor.version, None)
             log.info("serving model %s (was %s)", predictor.version, old)
             return True
 
@@ -251,6 +254,7 @@ class MLPService:
                 end += 1
             group = [x for _, x in items[start:end]]
             probs = predictor.predict_proba(np.concatenate(group) if len(group) > 1 else group[0])
+            self.metrics.batched(predictor.version, len(probs))
             for rows in split_rows(probs, [len(x) for x in group]):
                 results.append((predictor.version, predictor.format(rows)))
             start = end
@@ -258,18 +262,25 @@ class MLPService:
 
     @api.post("/predict", summary="Classify one instance, a batch, or an uploaded image")
     async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response, version = await self._predict(request)
+        self.metrics.answered("/predict", response.status_code, version, time.perf_counter() - started)
+        return response
+
+    async def _predict(self, request: Request) -> tuple[Response, Optional[str]]:
+        """``/predict``'s answer and the version that computed it (None: refused before any model ran)."""
         if self.keys is not None:  # before anything else: a request without a key costs no body read or decode
             try:
                 self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
             except InputError as err:
-                return error_response(err)
+                return self._refused("/predict", err), None
         predictor = self.predictor
         if predictor is None:
-            return json_response({"error": self.problem, "status": 503}, status=503)
+            return json_response({"error": self.problem, "status": 503}, status=503), None
         try:
             parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset, predictor.table_form)
         except InputError as err:
-            return error_response(err)
+            return self._refused("/predict", err), None
         # A table model's rows arrive raw: standardised here as in training, with the predictor that parsed them.
         x = predictor.table_input(parsed.x) if predictor.table_form is not None else parsed.x
         try:
@@ -277,8 +288,13 @@ class MLPService:
                 version, predictions = await self._infer((predictor, x))
         except asyncio.TimeoutError:
             return json_response({"error": f"prediction took longer than {self.cfg.serve.request_timeout_s}s",
-                                  "status": 504}, status=504)
-        return json_response(prediction_body(predictions, parsed.single, version))
+                                  "status": 504}, status=504), predictor.version
+        return json_response(prediction_body(predictions, parsed.single, version)), version
+
+    def _refused(self, route: str, err: InputError) -> Response:
+        """The 4xx/503 answer to a request refused before any model ran, counted by reason."""
+        self.metrics.refusal(route, err.status)
+        return error_response(err)
 
     @api.get("/healthz", summary="Liveness: the replica answers")
     async def healthz(self) -> Response:

@@ -44,6 +44,7 @@ a later reload fails (it stays healthy and reports the problem instead).
 # in the methods Serve's ingress rebinds.
 import asyncio
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -59,12 +60,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlp.config import Config, ConfigError, ServeConfig
-from serve.inputs import InputError
+from mlp.registry.rollouts import Rollout, read_rollout
+from serve.inputs import InputError, new_request_id
 from serve.keys import KeyRing
+from serve.ledger import FLUSH_INTERVAL_S, RolloutLedger
 from serve.metrics import ServeMetrics
 from serve.options import UNKNOWN_HOST, admin_access, config_from_app_args, deployment_options, open_predict_notice
 from serve.predictor import ModelSource, Predictor, load_predictor
-from serve.web import error_response, json_response, openapi_document, parse_request, prediction_body, split_rows
+from serve.web import (error_response, json_response, openapi_document, parse_feedback, parse_request,
+                       prediction_body, split_rows)
 
 log = logging.getLogger("ray.serve")
 WATCH_INTERVAL_S = 1.0  # one small pointer-file read per second per replica: cheap, and a promotion shows within ~1 s
@@ -117,6 +121,22 @@ def serve_http_host() -> str:
     return host
 
 
+def model_input(predictor: Predictor, x: np.ndarray) -> np.ndarray:
+    """What ``predictor`` takes for parsed rows: a table model's raw rows standardised as in its training."""
+    return predictor.table_input(x) if predictor.table_form is not None else x
+
+
+def candidate_mismatch(current: Predictor, candidate: Predictor) -> str:
+    """Why ``candidate`` cannot answer the requests ``current`` accepts ("" when it can)."""
+    if candidate.info.class_names != current.info.class_names:
+        return f"its classes {candidate.info.class_names} differ from the served {current.info.class_names}"
+    ours = current.table_form.features if current.table_form is not None else None
+    theirs = candidate.table_form.features if candidate.table_form is not None else None
+    if ours != theirs:
+        return f"it takes other inputs ({theirs or 'pixels'}) than the served version ({ours or 'pixels'})"
+    return ""
+
+
 def base_openapi() -> dict[str, Any]:
     """FastAPI's document of the routes (paths, summaries, operation ids), before ``openapi_document`` fills in
     the bodies. Module-level, so the replica reads the routes of the module it imported."""
@@ -128,8 +148,13 @@ def base_openapi() -> dict[str, Any]:
 class MLPService:
     """One replica: the current predictor, a batching queue and a registry watcher."""
 
-    async def __init__(self, config: dict[str, Any]) -> None:
+    async def __init__(self, config: dict[str, Any], ledger: Any = None) -> None:
         self.cfg = Config.from_dict(config)
+        self.ledger = ledger  # the app's RolloutLedger handle: answers go there in batches, feedback is scored there
+        self.rollout: Optional[Rollout] = None  # the rollout being followed, once its candidate is loaded
+        self.candidate: Optional[Predictor] = None
+        self._answers: list[dict[str, Any]] = []
+        self.rollout_problem = ""
         torch.set_num_threads(max(1, int(self.cfg.serve.replica_cpus)))
         self.source = ModelSource.from_config(self.cfg)
         self.predictor: Optional[Predictor] = None
@@ -157,6 +182,7 @@ class MLPService:
         # Serve routes nothing here before this returns, so waiting for the model costs no 503s.
         await self._load_within_grace()
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._reporter = asyncio.get_running_loop().create_task(self._report_answers())
 
     async def check_health(self) -> None:
         """Serve's health check: fail while no model is loaded, so Serve neither starts routing nor keeps routing.
@@ -211,14 +237,17 @@ class MLPService:
                 if self.predictor is not None and Path(self.predictor.info.path) == folder:
                     self.problem = ""  # the source resolves again to what we serve: nothing is wrong
                     return False
-                predictor = await asyncio.to_thread(load_predictor, self.source)
+                if self.candidate is not None and Path(self.candidate.info.path) == folder:
+                    predictor = self.candidate  # a promoted candidate is already loaded: no second load
+                else:
+                    predictor = await asyncio.to_thread(load_predictor, self.source)
             except (OSError, ValueError, RuntimeError, ConfigError) as err:
                 self._report(f"cannot load {describe_source(self.source)}: {err}")
                 return False
             old = self.predictor.version if self.predictor else None
             document = self._document(predictor)
             self.predictor, self.openapi_doc, self.problem, self.loaded_at = predictor, document, "", time.time()
-            self.metrics.serving(predictor.version, None)
+            self.metrics.serving(predictor.version, self.candidate.version if self.candidate else None)
             log.info("serving model %s (was %s)", predictor.version, old)
             return True
 
@@ -236,11 +265,68 @@ class MLPService:
         self.problem = problem
 
     async def _watch(self) -> None:
-        """Follow a moving source (``latest``, an alias): one pointer read a tick, a load only when it moved."""
+        """Follow a moving source (``latest``, an alias) and the rollout: two small reads a tick, a load only
+        when something moved."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
             if self.predictor is None or self.source.follows_registry:
                 await self._refresh()
+            if not self.source.checkpoint:  # a checkpoint has no registry, hence no rollout
+                await self._follow_rollout()
+
+    async def _follow_rollout(self) -> None:
+        """Start, change or end routing to a rollout's candidate as ``rollout.json`` says.
+
+        The candidate is loaded before any request is routed to it, and ending only stops routing:
+        no request fails on either. A candidate that cannot answer the same requests (other classes
+        or columns) is not routed to; the problem is reported on ``/readyz`` and ``/model``.
+        """
+        try:
+            rollout = await asyncio.to_thread(read_rollout, self.source.registry, self.source.model_name)
+        except (OSError, ValueError) as err:
+            self._report_rollout(f"cannot read the rollout: {err}")
+            return
+        current = self.predictor
+        if rollout is None or current is None or rollout.candidate == current.version:
+            self.rollout, self.candidate = None, None
+        elif self.candidate is None or self.candidate.version != rollout.candidate:
+            try:
+                candidate = await asyncio.to_thread(
+                    load_predictor, ModelSource(self.source.registry, self.source.model_name, rollout.candidate))
+            except (OSError, ValueError, RuntimeError, ConfigError) as err:
+                self._report_rollout(f"cannot load the rollout's candidate {rollout.candidate}: {err}")
+                return
+            mismatch = candidate_mismatch(current, candidate)
+            if mismatch:
+                self._report_rollout(f"not routing to the rollout's candidate {rollout.candidate}: {mismatch}")
+                return
+            self.rollout, self.candidate = rollout, candidate
+            log.info("rollout %s: %s of /predict to candidate %s", rollout.id,
+                     f"{rollout.percent:g}%" if rollout.mode == "canary" else "a shadow", rollout.candidate)
+        else:
+            self.rollout = rollout  # the same candidate: a new percentage or mode takes effect at once
+        self.rollout_problem = ""
+        self.metrics.serving(current.version if current else None, self.candidate.version if self.candidate else None)
+
+    def _report_rollout(self, problem: str) -> None:
+        """Like ``_report`` for the rollout, kept apart so the two do not overwrite (and re-log) each other."""
+        if problem != self.rollout_problem:
+            log.warning(problem)
+        self.rollout_problem = problem
+
+    async def _report_answers(self) -> None:
+        """Send the answers gathered since the last tick to the ledger in one call (figures, never requests,
+        are lost when the ledger is unreachable)."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            if not self._answers or self.ledger is None:
+                self._answers.clear()
+                continue
+            answers, self._answers = self._answers, []
+            try:
+                await self.ledger.record.remote(answers)
+            except Exception as err:  # noqa: BLE001  (the ledger restarting: these figures are lost, that is all)
+                log.warning("could not report %d answers to the rollout ledger: %s", len(answers), err)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def _infer(self, items: list[tuple[Predictor, np.ndarray]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -281,15 +367,56 @@ class MLPService:
             parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset, predictor.table_form)
         except InputError as err:
             return self._refused("/predict", err), None
-        # A table model's rows arrive raw: standardised here as in training, with the predictor that parsed them.
-        x = predictor.table_input(parsed.x) if predictor.table_form is not None else parsed.x
+        rollout, candidate = self.rollout, self.candidate
+        mode = rollout.mode if rollout is not None and candidate is not None else "none"
+        shadow: Optional[Predictor] = None
+        if mode == "canary" and random.random() * 100.0 < rollout.percent:  # type: ignore[union-attr]
+            predictor = candidate  # type: ignore[assignment]
+        elif mode == "shadow":
+            shadow = candidate
+        self.metrics.routed(mode, "candidate" if predictor is candidate else "current")
+        request_id = new_request_id()
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.cfg.serve.request_timeout_s):  # no extra task, unlike wait_for
-                version, predictions = await self._infer((predictor, x))
+                if shadow is None:
+                    version, predictions = await self._infer((predictor, model_input(predictor, parsed.x)))
+                    compared = None
+                else:
+                    (version, predictions), compared = await asyncio.gather(
+                        self._infer((predictor, model_input(predictor, parsed.x))), self._shadow(shadow, parsed.x))
         except asyncio.TimeoutError:
+            self._answered(request_id, rollout if mode != "none" else None, predictor.version, None, started, None)
             return json_response({"error": f"prediction took longer than {self.cfg.serve.request_timeout_s}s",
                                   "status": 504}, status=504), predictor.version
-        return json_response(prediction_body(predictions, parsed.single, version)), version
+        labels = [p["label"] for p in predictions]
+        self._answered(request_id, rollout if mode != "none" else None, version, labels, started, compared)
+        return (json_response(prediction_body(predictions, parsed.single, version, request_id),
+                              headers={"X-Request-Id": request_id}), version)
+
+    async def _shadow(self, candidate: Predictor, x: np.ndarray) -> dict[str, Any]:
+        """The shadow candidate's answer to the same rows: its labels and latency, or the error it raised
+        (which the client never sees)."""
+        started = time.perf_counter()
+        try:
+            _, predictions = await self._infer((candidate, model_input(candidate, x)))
+        except Exception as err:  # noqa: BLE001  (the candidate failing is a figure, not the client's problem)
+            log.warning("shadow candidate %s failed: %s", candidate.version, err)
+            return {"version": candidate.version, "predicted": None, "error": True,
+                    "latency_ms": (time.perf_counter() - started) * 1000.0}
+        return {"version": candidate.version, "predicted": [p["label"] for p in predictions], "error": False,
+                "latency_ms": (time.perf_counter() - started) * 1000.0}
+
+    def _answered(self, request_id: str, rollout: Optional[Rollout], version: str, labels: Optional[list[int]],
+                  started: float, shadow: Optional[dict[str, Any]]) -> None:
+        """Queue one answer for the ledger (``labels`` None: it failed); count the shadow's agreement."""
+        if shadow is not None and shadow["predicted"] is not None and labels is not None:
+            self.metrics.agreement("shadow", sum(a == b for a, b in zip(labels, shadow["predicted"])), len(labels))
+        if self.ledger is None:
+            return
+        self._answers.append({"request_id": request_id, "rollout": rollout.id if rollout is not None else "",
+                              "version": version, "predicted": labels, "error": labels is None,
+                              "latency_ms": (time.perf_counter() - started) * 1000.0, "shadow": shadow})
 
     def _refused(self, route: str, err: InputError) -> Response:
         """The 4xx/503 answer to a request refused before any model ran, counted by reason."""
@@ -306,6 +433,39 @@ class MLPService:
             return json_response({"ready": False, "error": self.problem, "replica": replica_id()}, status=503)
         return json_response({"ready": True, "version": self.predictor.version, "problem": self.problem or None,
                               "replica": replica_id()})
+
+    @api.post("/feedback", summary="The true label(s) of an answered request, for the live accuracy of the "
+                                   "version that answered it and the rollout gate")
+    async def feedback(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response = await self._feedback(request)
+        self.metrics.answered("/feedback", response.status_code, None, time.perf_counter() - started)
+        return response
+
+    async def _feedback(self, request: Request) -> Response:
+        if self.keys is not None:  # feedback moves the gate: the same keys as /predict
+            try:
+                self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
+            except InputError as err:
+                return self._refused("/feedback", err)
+        predictor = self.predictor
+        if predictor is None or self.ledger is None:
+            return json_response({"error": self.problem or "no rollout ledger in this application",
+                                  "status": 503}, status=503)
+        try:
+            request_id, labels = await parse_feedback(request, self.cfg.serve, predictor.info.class_names)
+        except InputError as err:
+            return self._refused("/feedback", err)
+        result = await self.ledger.feedback.remote(request_id, labels)
+        if "status" in result:
+            return json_response(result, status=result["status"])
+        return json_response(result)
+
+    @api.get("/rollout", summary="The running rollout (canary or shadow), live figures per version, last decision")
+    async def rollout_status(self) -> Response:
+        if self.ledger is None:
+            return json_response({"error": "no rollout ledger in this application", "status": 503}, status=503)
+        return json_response(await self.ledger.status.remote())
 
     @api.get("/model", summary="The model being served: version (vN), metrics, provenance; source.version is "
                                "what was asked for (latest, vN or an alias)")
@@ -360,5 +520,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
 
 def build_from_config(cfg: Config) -> serve.Application:
-    """Same as ``build_app`` for callers that already hold a ``Config`` (the CLI, tests)."""
-    return MLPService.options(**deployment_options(cfg.serve)).bind(cfg.to_dict())
+    """Same as ``build_app`` for callers that already hold a ``Config`` (the CLI, tests): the service and
+    its rollout ledger (``serve.ledger``)."""
+    config = cfg.to_dict()
+    return MLPService.options(**deployment_options(cfg.serve)).bind(config, RolloutLedger.bind(config))

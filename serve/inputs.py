@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -385,3 +387,58 @@ def _json_kind(value: Any) -> str:
 def _kind_name(arr: np.ndarray) -> str:
     return {"U": "text", "S": "bytes", "b": "booleans", "O": "null, mixed or oversized values"}.get(
         arr.dtype.kind, str(arr.dtype))
+
+
+# --- feedback: the true labels of an answered request ----------------------------------------------------------
+
+REQUEST_ID = re.compile(r"^[0-9a-f]{1,16}-[0-9a-f]{12}$")
+REQUEST_ID_PATTERN = REQUEST_ID.pattern
+
+
+def new_request_id() -> str:
+    """A prediction's id: its time in milliseconds (hex) and 48 random bits. The time lets the ledger tell an
+    id whose answer may still be on its way (worth waiting for) from one that never existed."""
+    return f"{int(time.time() * 1000):x}-{secrets.token_hex(6)}"
+
+
+def request_id_time(request_id: str) -> float:
+    """When ``request_id`` was issued, in seconds since the epoch (``new_request_id``)."""
+    return int(request_id.split("-", 1)[0], 16) / 1000.0
+
+
+def feedback_labels(body: bytes, class_names: Sequence[str], max_instances: int) -> tuple[str, list[int]]:
+    """(request id, label indices) of ``{"request_id": id, "label": x}`` or ``{"request_id": id, "labels": [...]}``;
+    a label is a class index or a class name. Anything else: a 4xx naming the problem."""
+    try:
+        data = _decode(body)
+    except ValueError as err:
+        raise InputError(400, f"malformed JSON: {err}") from None
+    expected = ('send {"request_id": "<the id /predict answered>", "label": <class index or name>} '
+                '(or "labels": [...] for a batch)')
+    if not isinstance(data, dict):
+        raise InputError(422, f"feedback must be a JSON object: {expected}")
+    unknown = sorted(set(data) - {"request_id", "label", "labels"})
+    if unknown:
+        raise InputError(422, f"unknown key(s) {_names(unknown)}: {expected}")
+    request_id = data.get("request_id")
+    if not isinstance(request_id, str) or REQUEST_ID.match(request_id) is None:
+        raise InputError(422, f"request_id must be the id a /predict answer carried (like "
+                              f"{new_request_id()!r}), got {_quote(request_id)}")
+    if ("label" in data) == ("labels" in data):
+        raise InputError(422, f"give exactly one of 'label' and 'labels': {expected}")
+    given = [data["label"]] if "label" in data else data["labels"]
+    if not isinstance(given, list) or not 1 <= len(given) <= max_instances:
+        raise InputError(422, f"'labels' must be a list of 1 to {max_instances} labels, got {_quote(given)}")
+    return request_id, [_label_index(value, class_names) for value in given]
+
+
+def _label_index(value: Any, class_names: Sequence[str]) -> int:
+    """A class index (0 to n-1) or a class name, as the index."""
+    if isinstance(value, str):
+        if value in class_names:
+            return list(class_names).index(value)
+        raise InputError(422, f"unknown class {_quote(value)}: the classes are {_names(list(class_names))}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(class_names):
+        raise InputError(422, f"a label must be a class index 0 to {len(class_names) - 1} or a class name, "
+                              f"got {_quote(value)}")
+    return value

@@ -31,8 +31,8 @@ from starlette.responses import Response
 
 from mlp.config import ServeConfig
 from serve.images import INVERT_CHOICES, image_to_input, precheck
-from serve.inputs import (IMAGE_TYPES, JSON_TYPES, MULTIPART_TYPE, InputError, Parsed, TableForm, check_body,
-                          check_length, media_type, parse_json, parse_rows)
+from serve.inputs import (IMAGE_TYPES, JSON_TYPES, MULTIPART_TYPE, REQUEST_ID_PATTERN, InputError, Parsed, TableForm,
+                          check_body, check_length, feedback_labels, media_type, parse_json, parse_rows)
 
 UPLOAD_FIELD = "file"
 T = TypeVar("T")
@@ -161,6 +161,17 @@ async def _parse_table_request(request: Request, cfg: ServeConfig, kind: str, ta
     return parse_rows(body, table, cfg.max_instances)
 
 
+async def parse_feedback(request: Request, cfg: ServeConfig, class_names: Sequence[str]) -> tuple[str, list[int]]:
+    """``POST /feedback``'s (request id, label indices): JSON only, under the body limit (``feedback_labels``)."""
+    kind = media_type(request.headers.get("content-type"))
+    if kind not in JSON_TYPES:
+        raise InputError(415, f"unsupported content type {kind or '(none)'!r}: send application/json "
+                              '{"request_id": ..., "label": ...}')
+    body = await read_body(request, cfg.max_body_bytes)
+    check_body(body, cfg.max_body_bytes)
+    return feedback_labels(body, class_names, cfg.max_instances)
+
+
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """Serialised directly: FastAPI's ``jsonable_encoder`` walks every float and costs more than the model."""
     return Response(_dumps(content), status_code=status, media_type="application/json", headers=headers)
@@ -170,11 +181,14 @@ def error_response(err: InputError) -> Response:
     return json_response(err.to_dict(), status=err.status, headers=err.headers)
 
 
-def prediction_body(predictions: list[dict[str, Any]], single: bool, version: str) -> dict[str, Any]:
-    """``{"version", **prediction}`` for one instance, ``{"version", "predictions": [...]}`` for a batch."""
+def prediction_body(predictions: list[dict[str, Any]], single: bool, version: str,
+                    request_id: str | None = None) -> dict[str, Any]:
+    """``{"version", **prediction}`` for one instance, ``{"version", "predictions": [...]}`` for a batch; with
+    ``request_id`` (the id ``POST /feedback`` takes) first."""
+    head = {"request_id": request_id, "version": version} if request_id else {"version": version}
     if single:
-        return {"version": version, **predictions[0]}
-    return {"version": version, "predictions": predictions}
+        return {**head, **predictions[0]}
+    return {**head, "predictions": predictions}
 
 
 def split_rows(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
@@ -247,11 +261,22 @@ def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
     class_name: dict[str, Any] = {"type": "string", "enum": list(classes)} if classes else {"type": "string"}
     prediction = {"label": {"type": "integer", "minimum": 0, "maximum": n - 1}, "class_name": class_name,
                   "probabilities": {"type": "array", "items": PIXEL, "minItems": n, "maxItems": n}}
+    request_id = {"type": "string", "pattern": REQUEST_ID_PATTERN,
+                  "description": "this answer's id: POST /feedback takes it with the true label(s)"}
+    label: dict[str, Any] = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": n - 1}, class_name]}
     return {
         "Prediction": _obj(prediction),
-        "SinglePrediction": _obj({"version": {"type": "string"}, **prediction}),
-        "BatchPrediction": _obj({"version": {"type": "string"},
+        "SinglePrediction": _obj({"request_id": request_id, "version": {"type": "string"}, **prediction}),
+        "BatchPrediction": _obj({"request_id": request_id, "version": {"type": "string"},
                                  "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1}}),
+        "Feedback": {"oneOf": [_obj({"request_id": request_id, "label": label}),
+                               _obj({"request_id": request_id,
+                                     "labels": {"type": "array", "items": label, "minItems": 1}})],
+                     "description": "the true label (a class index or name) of each instance the request sent"},
+        "FeedbackResult": {"type": "object", "required": ["request_id", "version", "labelled", "correct"],
+                           "properties": {"request_id": {"type": "string"}, "version": {"type": "string"},
+                                          "labelled": {"type": "integer"}, "correct": {"type": "integer"},
+                                          "shadow": {"type": "object"}, "decision": {"type": "object"}}},
     }
 
 
@@ -276,6 +301,8 @@ def openapi_schemas(cfg: ServeConfig, table: TableForm | None = None, classes: S
                              "provenance": {"type": "object"}, "loaded_at": {"type": "number"},
                              "source": {"type": "object"}, "problem": nullable_str}),
         "Reload": _obj({"version": {"type": "string"}, "changed": {"type": "boolean"}, "problem": nullable_str}),
+        "RolloutStatus": _obj({"rollout": {"type": ["object", "null"]}, "versions": {"type": "object"},
+                               "agreement": {"type": ["object", "null"]}, "last_decision": {"type": ["object", "null"]}}),
     }
 
 
@@ -384,8 +411,29 @@ def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[
     elif admin_mode == "off":
         reload["responses"] = {"403": _error("the route is off: the endpoint listens beyond loopback and no admin "
                                              "token is configured (the message says how to enable it)")}
+    feedback: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Feedback")}}},
+        "responses": {
+            "200": _json("FeedbackResult", "scored against the answer the request got; 'decision' when the "
+                                           "rollout gate decided on it"),
+            "400": _error("malformed JSON, empty body, Content-Length not a number"),
+            "404": _error("no answered request with that id (unknown, or too old)"),
+            "409": _error("that request already has feedback"),
+            "413": _error(f"body above {cfg.max_body_bytes} bytes"),
+            "415": _error("content type other than application/json"),
+            "422": _error("not a feedback object, a request id of the wrong form, an unknown class, or a number "
+                          "of labels other than the request's instances"),
+            "503": no_model,
+        },
+    }
+    if cfg.api_keys_file:
+        feedback = _with_api_key(feedback)
     return {
         ("/predict", "post"): predict,
+        ("/feedback", "post"): feedback,
+        ("/rollout", "get"): {"responses": {"200": _json("RolloutStatus", "the running rollout (null when none), "
+                                                                            "live figures per version, last decision"),
+                                            "503": no_model}},
         ("/healthz", "get"): {"responses": {"200": _json("Health", "the replica runs")}},
         ("/readyz", "get"): {"responses": {"200": _json("Ready", "a model is loaded"), "503": not_ready}},
         ("/model", "get"): {"responses": {"200": _json("ModelInfo", "the model being served"), "503": no_model}},

@@ -92,7 +92,43 @@ def build_parser() -> argparse.ArgumentParser:
     alias_list = _add(actions, "list", "cmd_alias_list", "every alias and its version (latest too)",
                       "Every alias and the version it points at, latest first.", [common])
     alias_list.add_argument("--json", action="store_true", help="print a JSON object {alias: version}")
+    _add_rollout_commands(commands, common)
     return parser
+
+
+def _add_rollout_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``canary``, ``shadow`` and ``rollout show|end``: a candidate on live traffic, judged by the gate."""
+    from mlp.registry.rollouts import DEFAULT_MIN_LABELLED, DEFAULT_TOLERANCE
+
+    gate = argparse.ArgumentParser(add_help=False)
+    group = gate.add_argument_group("gate options")
+    group.add_argument("--min-labelled", type=int, default=DEFAULT_MIN_LABELLED, metavar="N",
+                       help=f"labelled instances (POST /feedback) each version needs before the gate promotes or "
+                            f"rolls back the candidate (default: {DEFAULT_MIN_LABELLED})")
+    group.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T",
+                       help=f"accuracy the candidate may lose, and error rate it may add, and still be promoted "
+                            f"(default: {DEFAULT_TOLERANCE})")
+    how = ("Running apps that serve this model (latest or an alias) read it within a second. Labelled "
+           "feedback (POST /feedback) feeds the gate, which promotes the candidate (moves the reference the app "
+           "serves) or rolls it back, and records the decision with its figures (rollout show). See docs/serve.md.")
+    canary = _add(commands, "canary", "cmd_canary", "send a share of /predict to a candidate version",
+                  "Send --percent of POST /predict to VERSION, the rest to the served version, inside the "
+                  f"running app; run it again to change the share.\n{how}", [common, gate])
+    canary.add_argument("version", metavar="VERSION", help=REFERENCE_HELP)
+    canary.add_argument("--percent", type=float, required=True, metavar="N", help="share of requests, 0 to 100")
+    shadow = _add(commands, "shadow", "cmd_shadow", "compute every /predict with a candidate too, answer with the "
+                  "served version", f"Every POST /predict is also computed by VERSION; clients get the served "
+                  f"version's answer; agreement and the candidate's latency are recorded.\n{how}", [common, gate])
+    shadow.add_argument("version", metavar="VERSION", help=REFERENCE_HELP)
+    rollout = _add(commands, "rollout", None, "show or end the running canary or shadow",
+                   "The running rollout and the decisions recorded so far.", [common])
+    actions = rollout.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+    show = _add(actions, "show", "cmd_rollout_show", "the running rollout and the recorded decisions",
+                "The running rollout (rollout.json) and every recorded decision with its figures.", [common])
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add(actions, "end", "cmd_rollout_end", "stop routing to the candidate, with no decision",
+         "End the running rollout without promoting the candidate: apps stop routing to it within a second.",
+         [common])
 
 
 def registry_config(args: argparse.Namespace) -> RegistryConfig:

@@ -18,6 +18,7 @@ from mlp import registry
 from mlp.checkpoint import CheckpointError, load_model, read_config, read_state
 from mlp.config import Config, RegistryConfig
 from mlp.console import run_command
+from mlp.registry import rollouts
 from mlp.registry.storage import Location, local_copy, local_path
 
 PROG = "mlp-registry"
@@ -100,6 +101,53 @@ def cmd_alias_list(reg: RegistryConfig, args: argparse.Namespace) -> None:
     latest = registry.read_latest(reg.path, reg.model_name)
     table = [("ALIAS", "VERSION"), (registry.LATEST, latest or "-")] + sorted(aliases.items())
     print(_format_table(table))
+
+
+def cmd_canary(reg: RegistryConfig, args: argparse.Namespace) -> None:
+    _start(reg, args, "canary", args.percent)
+
+
+def cmd_shadow(reg: RegistryConfig, args: argparse.Namespace) -> None:
+    _start(reg, args, "shadow", 0.0)
+
+
+def _start(reg: RegistryConfig, args: argparse.Namespace, mode: str, percent: float) -> None:
+    was = rollouts.read_rollout(reg.path, reg.model_name)
+    rollout = rollouts.start_rollout(reg.path, reg.model_name, args.version, mode, percent,
+                                     args.min_labelled, args.tolerance)
+    share = f"{rollout.percent:g}% of /predict" if mode == "canary" else "every /predict, as a shadow,"
+    change = "changed" if was is not None and was.id == rollout.id else "started"
+    print(f"{mode} {change}: {share} to {rollout.candidate} of model {reg.model_name!r} in {reg.path} "
+          f"(rollout {rollout.id}; the gate decides after {rollout.min_labelled} labelled instances per "
+          f"version, tolerance {rollout.tolerance:g})")
+
+
+def cmd_rollout_show(reg: RegistryConfig, args: argparse.Namespace) -> None:
+    rollout = rollouts.read_rollout(reg.path, reg.model_name)
+    decisions = rollouts.read_decisions(reg.path, reg.model_name)
+    if args.json:
+        print(json.dumps({"rollout": rollout.to_dict() if rollout else None, "decisions": decisions}, indent=2))
+        return
+    if rollout is None:
+        print(f"no rollout running for model {reg.model_name!r} in {reg.path}")
+    else:
+        share = f"{rollout.percent:g}%" if rollout.mode == "canary" else "shadow"
+        print(f"running: {rollout.mode} of {rollout.candidate} ({share}), rollout {rollout.id} since "
+              f"{rollout.started_at}; gate: {rollout.min_labelled} labelled instances, tolerance {rollout.tolerance:g}")
+    for decision in decisions:
+        print(f"{decision.get('at', '?')}  {decision.get('action', '?'):<8} {decision.get('candidate', '?')} "
+              f"vs {decision.get('current', '?')}: {decision.get('reason', '')}")
+
+
+def cmd_rollout_end(reg: RegistryConfig, args: argparse.Namespace) -> None:
+    ended = rollouts.end_rollout(reg.path, reg.model_name)
+    if ended is None:
+        print(f"no rollout was running for model {reg.model_name!r} in {reg.path}")
+        return
+    rollouts.record_decision(reg.path, reg.model_name, {"action": "ended", "reason": f"ended by {PROG} rollout end",
+                                                        "rollout": ended.id, "mode": ended.mode,
+                                                        "candidate": ended.candidate})
+    print(f"ended the {ended.mode} of {ended.candidate} (rollout {ended.id}): apps stop routing to it within a second")
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -185,13 +185,14 @@ def _move_latest(folder: Location, version: str, how: str) -> Optional[str]:
     return was
 
 
-def set_latest(root: PathLike, model_name: str, version: str) -> tuple[Optional[str], str]:
+def set_latest(root: PathLike, model_name: str, version: str, how: str = "set_latest") -> tuple[Optional[str], str]:
     """Point ``latest`` at a complete version (``vN``, or what an alias names); returns (was, now).
 
-    The move is recorded, so ``rollback`` undoes it like a promotion.
+    The move is recorded (``how``: who moved it, e.g. ``gate`` for a rollout's promotion), so
+    ``rollback`` undoes it like a promotion.
     """
     target = version_of(root, model_name, version)
-    return _move_latest(model_location(root, model_name), target, "set_latest"), target
+    return _move_latest(model_location(root, model_name), target, how), target
 
 
 def rollback(root: PathLike, model_name: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ settings (``mlp.rayenv.CLUSTER_ENV``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -237,3 +238,36 @@ def test_launcher_does_not_start_ray_without_the_project_env(key: str, tmp_path:
     out = _run_start_command(_start_command(_load("cluster.yaml"), key), tmp_path, python_works=False)
     assert out.returncode != 0
     assert b"ARGS" not in out.stdout, "`ray start` ran although `python -m mlp.distributed.rayenv` failed"
+
+
+# ---------------------------------------------------------------- Grafana dashboard
+
+def _exported_metrics() -> dict[str, set[str]]:
+    """Each name Ray exports for a metric serve/metrics.py defines -> the labels its series carry."""
+    import ast
+
+    kinds = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_count", "_sum")}
+    exported: dict[str, set[str]] = {}
+    for call in ast.walk(ast.parse((ROOT / "serve" / "metrics.py").read_text())):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) in kinds:
+            tags = next(ast.literal_eval(k.value) for k in call.keywords if k.arg == "tag_keys")
+            for suffix in kinds[call.func.id]:
+                labels = {*tags, "application", "deployment", "replica"} | ({"le"} if suffix == "_bucket" else set())
+                exported[f"ray_{ast.literal_eval(call.args[0])}{suffix}"] = labels
+    return exported
+
+
+def test_grafana_dashboard_queries_only_metrics_the_endpoint_exports() -> None:
+    dashboard = json.loads((CLUSTER / "grafana_dashboard.json").read_text())
+    assert {v["name"] for v in dashboard["templating"]["list"]} >= {"datasource"}
+    exported = _exported_metrics()
+    assert len(exported) == 4 * 1 + 2 * 3 + 1, exported  # 4 counters, 2 histograms, 1 gauge
+    queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(queries) >= 9
+    for title, expr in queries:
+        names = set(re.findall(r"\bray_\w+", expr))
+        assert names and names <= set(exported), (title, names - set(exported))
+        known = set().union(*(exported[n] for n in names))
+        used = {label for group in re.findall(r"\bby \(([^)]*)\)", expr) for label in re.split(r",\s*", group)}
+        used |= set(re.findall(r"[{,]\s*(\w+)\s*(?:=~|!=|!~|=)", expr))
+        assert used <= known, (title, used - known)

@@ -391,8 +391,7 @@ class MLPService:
                                   "status": 504}, status=504), predictor.version
         labels = [p["label"] for p in predictions]
         self._answered(request_id, rollout if mode != "none" else None, version, labels, started, compared)
-        return (json_response(prediction_body(predictions, parsed.single, version, request_id),
-                              headers={"X-Request-Id": request_id}), version)
+        return json_response(prediction_body(predictions, parsed.single, version, request_id)), version
 
     async def _shadow(self, candidate: Predictor, x: np.ndarray) -> dict[str, Any]:
         """The shadow candidate's answer to the same rows: its labels and latency, or the error it raised

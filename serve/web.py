@@ -450,7 +450,7 @@ def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, ta
     with its ``classes``; an image model's document does not depend on the model."""
     doc = json.loads(json.dumps(base))  # a deep copy; FastAPI caches ``base``
     for (path, method), operation in _operations(cfg, admin_mode, table is not None).items():
-        doc["paths"][path][method].update(operation)
+        doc["paths"].setdefault(path, {}).setdefault(method, {}).update(operation)
     if table is not None:
         doc["info"]["description"] = (f"Classifier of table rows ({len(table.features)} feature columns, "
                                       f"{len(classes)} classes) served by Ray Serve. POST JSON rows by column "

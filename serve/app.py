@@ -256,7 +256,8 @@ class MLPService:
         swap to a version with other columns changes the document with the model."""
         table = predictor.table_form if predictor is not None else None
         classes = predictor.info.class_names if table is not None else ()
-        return openapi_document(base_openapi(), self.cfg.serve, self.admin.mode, table, classes)
+        names = predictor.info.class_names if predictor is not None else ()
+        return openapi_document(base_openapi(), self.cfg.serve, self.admin.mode, table, classes, names)
 
     def _report(self, problem: str) -> None:
         """Remember why the last load failed; log it once, not on every watcher tick."""

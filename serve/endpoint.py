@@ -1,4 +1,5 @@
-"""Talking to a running endpoint over plain HTTP (httpx, no Ray): predictions, errors, a scored test set.
+"""Talking to a running endpoint over plain HTTP (httpx, no Ray): predictions, errors, a scored test set,
+and a labelled replay for the rollout gate.
 
 Shared by ``mlp client`` and the pipeline's verification.
 """
@@ -9,7 +10,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -55,3 +56,27 @@ def score(client: httpx.Client, x, y, batch_size: int, concurrency: int) -> dict
     correct = sum(int(a == b) for a, b in zip(labels, y.tolist()))
     return {"images": len(labels), "accuracy": correct / len(labels), "seconds": seconds,
             "images_per_s": len(labels) / seconds}
+
+
+def replay(client: httpx.Client, x, y, batch_size: int, limit: int,
+           progress: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
+    """Send a labelled set through the live endpoint: each batch to ``/predict``, then its true labels to
+    ``/feedback``, until the rollout gate decides or ``limit`` instances were sent (wrapping around (x, y)).
+
+    Returns ``{"sent", "requests", "by_version", "decision"}``; ``decision`` is None when the gate had not
+    decided (too few labels, or no rollout running). ``progress`` gets the running totals after every batch.
+    """
+    sent, requests, by_version = 0, 0, {}
+    while sent < limit:
+        rows = [(sent + k) % len(x) for k in range(min(batch_size, limit - sent))]
+        answer = predict_json(client, {"instances": x[rows].tolist()})
+        feedback = check_answer(client.post("/feedback", json={"request_id": answer["request_id"],
+                                                               "labels": [int(v) for v in y[rows].tolist()]}))
+        sent, requests = sent + len(rows), requests + 1
+        by_version[answer["version"]] = by_version.get(answer["version"], 0) + 1
+        totals = {"sent": sent, "requests": requests, "by_version": dict(by_version),
+                  "decision": feedback.get("decision")}
+        progress(totals)
+        if totals["decision"] is not None:
+            return totals
+    return {"sent": sent, "requests": requests, "by_version": by_version, "decision": None}

@@ -438,6 +438,8 @@ def _label_index(value: Any, class_names: Sequence[str]) -> int:
         if value in class_names:
             return list(class_names).index(value)
         raise InputError(422, f"unknown class {_quote(value)}: the classes are {_names(list(class_names))}")
+    if isinstance(value, float) and value.is_integer():  # 4.0 is the integer 4 in JSON (and its schema)
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(class_names):
         raise InputError(422, f"a label must be a class index 0 to {len(class_names) - 1} or a class name, "
                               f"got {_quote(value)}")

@@ -111,7 +111,7 @@ class Ledger:
             return {"error": f"request {request_id!r} already has feedback", "status": 409}
         if len(labels) != len(answer.predicted):
             return {"error": f"request {request_id!r} had {len(answer.predicted)} instance(s) but the feedback "
-                             f"gives {len(labels)} label(s)", "status": 422}
+                             f"gives {len(labels)} label(s)", "status": 409}
         answer.labelled = True
         correct = sum(int(p == y) for p, y in zip(answer.predicted, labels))
         self._of(answer.rollout, answer.version).label(correct, len(labels))

@@ -254,7 +254,7 @@ def table_requests(cfg: ServeConfig, table: TableForm) -> dict[str, Any]:
     }
 
 
-def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
+def prediction_schemas(classes: Sequence[str], label_names: Sequence[str] = (), max_instances: int = 1) -> dict[str, Any]:
     """One answer per instance: the label, its class name and every probability. A table model's ``classes``
     are named (an enum); an image model's document keeps its ten classes unnamed."""
     n = len(classes) or 10
@@ -263,7 +263,10 @@ def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
                   "probabilities": {"type": "array", "items": PIXEL, "minItems": n, "maxItems": n}}
     request_id = {"type": "string", "pattern": REQUEST_ID_PATTERN,
                   "description": "this answer's id: POST /feedback takes it with the true label(s)"}
-    label: dict[str, Any] = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": n - 1}, class_name]}
+    # feedback names a class by index or by name: the served model's names (``label_names``) when it has one
+    n_labels = len(label_names) or n
+    by_name = {"type": "string", "enum": list(label_names)} if label_names else {"type": "string"}
+    label: dict[str, Any] = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": n_labels - 1}, by_name]}
     return {
         "Prediction": _obj(prediction),
         "SinglePrediction": _obj({"request_id": request_id, "version": {"type": "string"}, **prediction}),
@@ -271,7 +274,8 @@ def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
                                  "predictions": {"type": "array", "items": _ref("Prediction"), "minItems": 1}}),
         "Feedback": {"oneOf": [_obj({"request_id": request_id, "label": label}),
                                _obj({"request_id": request_id,
-                                     "labels": {"type": "array", "items": label, "minItems": 1}})],
+                                     "labels": {"type": "array", "items": label, "minItems": 1,
+                                                "maxItems": max_instances}})],
                      "description": "the true label (a class index or name) of each instance the request sent"},
         "FeedbackResult": {"type": "object", "required": ["request_id", "version", "labelled", "correct"],
                            "properties": {"request_id": {"type": "string"}, "version": {"type": "string"},
@@ -280,15 +284,15 @@ def prediction_schemas(classes: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def openapi_schemas(cfg: ServeConfig, table: TableForm | None = None, classes: Sequence[str] = ()
-                    ) -> dict[str, Any]:
+def openapi_schemas(cfg: ServeConfig, table: TableForm | None = None, classes: Sequence[str] = (),
+                    label_names: Sequence[str] = ()) -> dict[str, Any]:
     """Request and response bodies (``components.schemas``); the batch size limit comes from ``cfg``; a table
     model's (``table``) name its feature columns, and its answers its ``classes``."""
     nullable_str = {"type": ["string", "null"]}
     requests = table_requests(cfg, table) if table is not None else pixel_requests(cfg)
     return {
         **requests,
-        **prediction_schemas(classes if table is not None else ()),
+        **prediction_schemas(classes if table is not None else (), label_names, cfg.max_instances),
         "Error": {**_obj({"error": {"type": "string"}, "status": {"type": "integer", "minimum": 400}}),
                   "description": "every refusal: a message naming the problem, and the HTTP status"},
         "Health": _obj({"status": {"const": "ok"}}),
@@ -418,11 +422,10 @@ def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[
                                            "rollout gate decided on it"),
             "400": _error("malformed JSON, empty body, Content-Length not a number"),
             "404": _error("no answered request with that id (unknown, or too old)"),
-            "409": _error("that request already has feedback"),
+            "409": _error("that request already has feedback, or had another number of instances than the labels"),
             "413": _error(f"body above {cfg.max_body_bytes} bytes"),
             "415": _error("content type other than application/json"),
-            "422": _error("not a feedback object, a request id of the wrong form, an unknown class, or a number "
-                          "of labels other than the request's instances"),
+            "422": _error("not a feedback object, a request id of the wrong form, or an unknown class"),
             "503": no_model,
         },
     }
@@ -442,12 +445,12 @@ def _operations(cfg: ServeConfig, admin_mode: str, table: bool = False) -> dict[
 
 
 def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, table: TableForm | None = None,
-                     classes: Sequence[str] = ()) -> dict[str, Any]:
+                     classes: Sequence[str] = (), label_names: Sequence[str] = ()) -> dict[str, Any]:
     """FastAPI's document for the routes (``base``: paths, summaries, operation ids) with every request and
     response described for this config (with ``serve.api_keys_file``, ``/predict``'s key schemes and 401);
     ``admin_mode`` is ``serve.options.AdminAccess.mode``. For a table
     model (``table``: ``Predictor.table_form``) ``/predict`` takes its feature columns by name and answers
-    with its ``classes``; an image model's document does not depend on the model."""
+    with its ``classes``; ``label_names`` (the served model's class names) are what ``/feedback`` accepts."""
     doc = json.loads(json.dumps(base))  # a deep copy; FastAPI caches ``base``
     for (path, method), operation in _operations(cfg, admin_mode, table is not None).items():
         doc["paths"].setdefault(path, {}).setdefault(method, {}).update(operation)
@@ -456,7 +459,7 @@ def openapi_document(base: dict[str, Any], cfg: ServeConfig, admin_mode: str, ta
                                       f"{len(classes)} classes) served by Ray Serve. POST JSON rows by column "
                                       "name to /predict.")
     components = doc.setdefault("components", {})
-    components.setdefault("schemas", {}).update(openapi_schemas(cfg, table, classes))
+    components.setdefault("schemas", {}).update(openapi_schemas(cfg, table, classes, label_names))
     schemes: dict[str, Any] = {}
     if admin_mode == "token":
         schemes["adminToken"] = {"type": "http", "scheme": "bearer",

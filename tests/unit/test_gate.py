@@ -89,6 +89,7 @@ def test_feedback_bodies() -> None:
     names = ["cat", "dog", "bird"]
     assert feedback_labels(json.dumps({"request_id": rid, "label": 2}).encode(), names, 10) == (rid, [2])
     assert feedback_labels(json.dumps({"request_id": rid, "labels": ["dog", 0]}).encode(), names, 10) == (rid, [1, 0])
+    assert feedback_labels(json.dumps({"request_id": rid, "labels": [2.0]}).encode(), names, 10) == (rid, [2])
     bad = [({"request_id": rid}, "exactly one of 'label' and 'labels'"),
            ({"request_id": "x", "label": 1}, "request_id must be"),
            ({"request_id": rid, "label": 3}, "class index 0 to 2"),

@@ -100,9 +100,22 @@ def plot_latency(latencies_ms: list[float], path: Location, images_per_request: 
     return save_figure(fig, path)
 
 
+def _rollout_lines(rollout: dict[str, Any]) -> str:
+    """The gate's decision as a table: per version, labelled instances, live accuracy, error rate, latency."""
+    figures = rollout.get("figures") or {}
+    rows = [[role, rollout.get(role, "-"), f.get("labelled"), f.get("accuracy"), f.get("error_rate"),
+             f.get("latency_p50_ms")] for role, f in ((r, figures.get(r) or {}) for r in ("current", "candidate"))]
+    head = (f"**{rollout['action']}** of `{rollout.get('candidate')}` after {rollout.get('replayed', '-')} "
+            f"labelled instances replayed: {rollout.get('reason', '')}")
+    table = md_table(["role", "version", "labelled", "live accuracy", "error rate", "p50 ms"], rows)
+    agreement = (figures.get("agreement") or {}).get("rate")
+    return head + "\n\n" + table + (f"\n\nShadow agreement: {agreement}" if agreement is not None else "")
+
+
 def write_pipeline_report(folder: Location, config: dict[str, Any], stages: StageLog, summary: dict[str, Any],
                           swept: bool, verification: Optional[dict[str, Any]], latencies_ms: list[float],
-                          batch_size: int, url: Optional[str], rollback: Optional[str]) -> Location:
+                          batch_size: int, url: Optional[str], rollback: Optional[str],
+                          rollout: Optional[dict[str, Any]] = None) -> Location:
     """Write ``pipeline_report.md`` and its PNGs into ``folder``; returns the report's location."""
     lines = [f"# Pipeline `{config['run']['name']}`", "",
              md_table(["stage", "seconds", "outcome"],
@@ -111,6 +124,8 @@ def write_pipeline_report(folder: Location, config: dict[str, Any], stages: Stag
              "", f"Total: {fmt(sum(s.seconds for s in stages.stages))} s." + (f" Endpoint: {url}" if url else ""), ""]
     promoted = summary.get("promoted")
     version = promoted.get("version") if isinstance(promoted, dict) else (str(promoted) if promoted else None)
+    if rollout is not None:
+        lines += ["## Rollout", "", _rollout_lines(rollout), ""]
     lines += ["## Verification", ""]
     if verification is None:
         lines.append("not run")

@@ -23,18 +23,19 @@ class VerificationFailed(RuntimeError):
     """The endpoint did not serve what was promoted; the message names the mismatch and the rollback."""
 
 
-def train_and_promote(cfg: Config, skip_sweep: bool) -> dict[str, Any]:
-    """Stage 1: a sweep (default) or a single training run; either way the result lands in the registry."""
+def train_and_promote(cfg: Config, skip_sweep: bool, move_latest: bool = True) -> dict[str, Any]:
+    """Stage 1: a sweep (default) or a single training run; either way the result lands in the registry
+    (``move_latest=False``: as a new version that ``latest`` does not point at yet, for the gate)."""
     if skip_sweep:
         from mlp.distributed.run import print_summary, run_training
 
-        summary = run_training(cfg, promote=True)
+        summary = run_training(cfg, promote=True, move_latest=move_latest)
         print_summary(summary)
         return summary
     from tune.tuner import check_space, run_sweep
 
     check_space(cfg)
-    return run_sweep(cfg, promote=True)
+    return run_sweep(cfg, promote=True, move_latest=move_latest)
 
 
 def running_as_job() -> bool:
@@ -71,7 +72,71 @@ def roll_back(cfg: Config, url: str, failed: str) -> str:
     return f"latest moved back from {was} to {now}, but the endpoint did not show {now} within 30 s"
 
 
-def verify_and_report(cfg: Config, args: Any, stages: Any, summary: dict[str, Any], url: Optional[str]) -> int:
+def served_version(cfg: Config) -> Optional[str]:
+    """The version ``latest`` names before this run promotes anything (None: an empty or unreadable registry)."""
+    from mlp import registry
+
+    try:
+        return registry.read_latest(cfg.registry.path, cfg.registry.model_name)
+    except (OSError, ValueError):
+        return None
+
+
+def newest_version(cfg: Config) -> str:
+    """The version this run just added (``train_and_promote`` with ``move_latest=False``)."""
+    from mlp import registry
+
+    return f"v{max(registry.list_versions(cfg.registry.path, cfg.registry.model_name))}"
+
+
+def gated_rollout(cfg: Config, args: Any, url: str, candidate: str) -> dict[str, Any]:
+    """Put ``candidate`` beside the served version (canary or shadow), replay the labelled test set through
+    the live endpoint until the gate decides, and wait until the endpoint serves the outcome.
+
+    Returns the gate's decision (``serve.ledger``), or ``{"action": "undecided", ...}`` when the replay
+    budget ran out first (the rollout is then ended: nothing changes).
+    """
+    import httpx
+
+    from cluster.verify import wait_until_serving
+    from mlp import registry
+    from mlp.data import load_test
+    from mlp.registry.rollouts import end_rollout, start_rollout
+    from serve.endpoint import replay
+
+    reg = cfg.registry
+    rollout = start_rollout(reg.path, reg.model_name, candidate, args.rollout, args.rollout_percent,
+                            args.rollout_min_labelled, args.rollout_tolerance)
+    served = registry.read_latest(reg.path, reg.model_name)
+    share = f"{rollout.percent:g}% canary" if rollout.mode == "canary" else "shadow"
+    print(f"rollout {rollout.id}: {candidate} as a {share} beside {served}; replaying the labelled test set "
+          f"until the gate decides ({rollout.min_labelled} labelled instances per version, tolerance "
+          f"{rollout.tolerance:g})", flush=True)
+    x, y = load_test(cfg.data)
+
+    def progress(totals: dict[str, Any]) -> None:
+        if totals["requests"] % 50 == 0:
+            print(f"rollout: {totals['sent']} labelled instances replayed, answered by {totals['by_version']}",
+                  file=sys.stderr, flush=True)
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        result = replay(client, x.reshape(len(x), -1), y, args.verify_batch_size, args.rollout_limit, progress)
+    decision = result["decision"]
+    if decision is None:
+        end_rollout(reg.path, reg.model_name, expected_id=rollout.id)
+        decision = {"action": "undecided", "candidate": candidate, "current": served,
+                    "reason": f"no decision after {result['sent']} labelled instances (--rollout-limit)"}
+    decision = {**decision, "replayed": result["sent"]}
+    now = registry.read_latest(reg.path, reg.model_name)
+    if now is not None and not wait_until_serving(url, now):
+        decision["note"] = f"the endpoint did not show {now} within 30 s"
+    print(f"rollout: {decision['action']} {candidate} after {result['sent']} labelled instances: "
+          f"{decision['reason']}", flush=True)
+    return decision
+
+
+def verify_and_report(cfg: Config, args: Any, stages: Any, summary: dict[str, Any], url: Optional[str],
+                      rollout: Optional[dict[str, Any]] = None) -> int:
     """Stages 3 and 4: verify the live endpoint (rolling back on failure), then write the report."""
     from cluster.pipeline_report import write_pipeline_report
     from cluster.verify import verify_endpoint
@@ -93,11 +158,16 @@ def verify_and_report(cfg: Config, args: Any, stages: Any, summary: dict[str, An
                 rollback = roll_back(cfg, url, result.version)
                 print(f"{result.problem()}\n{rollback}", file=sys.stderr, flush=True)
                 code = 1
-        (folder / VERIFICATION_FILE).write_text(json.dumps({**verification, "rollback": rollback}, indent=2))
+        (folder / VERIFICATION_FILE).write_text(json.dumps({**verification, "rollback": rollback,
+                                                            "rollout": rollout}, indent=2))
     with stages.run("report"):
         report = write_pipeline_report(folder, cfg.to_dict(), stages, summary, not args.skip_sweep, verification,
-                                       latencies, args.verify_batch_size, url, rollback)
+                                       latencies, args.verify_batch_size, url, rollback, rollout)
     print(f"pipeline report: {report}", flush=True)
     if code:
         print(f"mlp-pipeline: error: verification failed: {verification['problem']}; {rollback}", file=sys.stderr)
+    elif rollout is not None and rollout["action"] != "promote":
+        print(f"mlp-pipeline: error: the gate did not promote {rollout['candidate']} ({rollout['action']}): "
+              f"{rollout['reason']}; the endpoint serves {rollout['current']}", file=sys.stderr)
+        code = 1
     return code

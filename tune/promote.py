@@ -74,7 +74,8 @@ def _time_to_best(state: dict[str, Any]) -> Optional[float]:
     return None
 
 
-def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_dir: Location) -> dict[str, Any]:
+def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_dir: Location,
+                 move_latest: bool = True) -> dict[str, Any]:
     """Evaluate the top-ranked trial on the test set and promote it; returns its registry metrics.
 
     Trials are ranked by the best val accuracy they reached, and the winner's checkpoint of
@@ -107,5 +108,6 @@ def promote_best(cfg: Config, rows: list[dict[str, Any]], results: Any, sweep_di
         provenance = registry.make_provenance(trial_cfg, checkpoint.path, winner["trial_id"])
         provenance.update({"sweep": cfg.run.name, "sweep_dir": str(sweep_dir), "search": cfg.tune.search,
                            "early_stopping": cfg.tune.early_stopping})
-        version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, metrics, provenance)
+        version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, metrics, provenance,
+                                   move_latest)
     return {**metrics, "version": version.name, "registry_dir": str(version)}

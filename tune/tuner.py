@@ -180,8 +180,10 @@ def prepare(cfg: Config) -> tuple[Config, list[Dim], bool]:
     return cfg, check_space(cfg), resume
 
 
-def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
-    """Run (or resume) the sweep named in ``cfg``; returns its summary (also saved as JSON)."""
+def run_sweep(cfg: Config, promote: bool = True, move_latest: bool = True) -> dict[str, Any]:
+    """Run (or resume) the sweep named in ``cfg``; returns its summary (also saved as JSON).
+
+    ``move_latest=False`` promotes the winner without pointing ``latest`` at it (``registry.promote``)."""
     import ray
 
     tracking.require_mlflow(cfg.track)  # exit 2 before anything is written
@@ -210,7 +212,7 @@ def run_sweep(cfg: Config, promote: bool = True) -> dict[str, Any]:
     if results.num_terminated + results.num_errors < expected_trials(cfg, dims):
         raise SweepInterrupted(f"sweep {cfg.run.name} stopped before all trials finished; resume with: "
                                f"mlp-sweep --run.storage_path {cfg.run.storage_path} --run.name {cfg.run.name} --resume")
-    return finish(cfg, dims, results, wall, promote)
+    return finish(cfg, dims, results, wall, promote, move_latest)
 
 
 def load_results(path: Location) -> Any:
@@ -235,7 +237,8 @@ def promote_finished(cfg: Config) -> dict[str, Any]:
     return promoted
 
 
-def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: bool) -> dict[str, Any]:
+def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: bool,
+           move_latest: bool = True) -> dict[str, Any]:
     """Table, files, plots and promotion of a completed sweep."""
     from tune.promote import promote_best, prune_checkpoints
 
@@ -244,7 +247,7 @@ def finish(cfg: Config, dims: list[Dim], results: Any, wall: float, promote: boo
     print("\n" + sweep_report.format_table(rows, dims))
     csv_path, json_path = sweep_report.save_table(rows, dims, path)
     pngs = plots.plot_all(rows, dims, path, cfg.train.epochs)
-    promoted = promote_best(cfg, rows, results, path) if promote else None
+    promoted = promote_best(cfg, rows, results, path, move_latest) if promote else None
     if promoted:
         tag_winner(cfg, promoted)
     prune_checkpoints(results, cfg.run.checkpoints_kept)

@@ -29,8 +29,8 @@ from mlp.reports import tracking
 from mlp.reports.run_report import exchange_advice, write_run_report
 
 
-def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
-    """Train (or resume) the run named in ``cfg`` and return its summary."""
+def run_training(cfg: Config, promote: bool = False, move_latest: bool = True) -> dict[str, Any]:
+    """Train (or resume) the run named in ``cfg`` and return its summary (``move_latest``: see ``registry.promote``)."""
     mlflow_target = tracking.require_mlflow(cfg.track)  # exit 2 before anything is written
     cfg = with_run_name(cfg)
     files = RunFiles(cfg.run.storage_path, str(cfg.run.name))
@@ -76,7 +76,7 @@ def run_training(cfg: Config, promote: bool = False) -> dict[str, Any]:
         }
         if promote:
             version = registry.promote(cfg.registry.path, cfg.registry.model_name, folder, summary,
-                                       registry.make_provenance(cfg, result.checkpoint.path))
+                                       registry.make_provenance(cfg, result.checkpoint.path), move_latest)
             summary["promoted"] = str(version)
         if cfg.track.tensorboard:  # the controller wrote it live; this only completes a file it could not
             tracking.write_tensorboard(files.dir, str(cfg.run.name), history)

@@ -114,8 +114,11 @@ def _same_version(cached: Path, location: Location) -> bool:
 
 
 def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
-            metrics: dict[str, Any], provenance: dict[str, Any]) -> VersionDir:
+            metrics: dict[str, Any], provenance: dict[str, Any], move_latest: bool = True) -> VersionDir:
     """Copy a local checkpoint folder into the next ``v<N>`` and point ``latest`` at it (a recorded move).
+
+    ``move_latest=False`` only adds the version: a gated rollout (``mlp pipeline --rollout``) leaves
+    ``latest`` to the gate, so no replica serves the new version before it is judged.
 
     Returns the new version: a ``Path`` for a local registry, a ``Location`` for a URI
     (both have ``.name`` and ``str()``). Nothing becomes visible if it fails part-way.
@@ -127,7 +130,8 @@ def promote(root: PathLike, model_name: str, checkpoint_dir: PathLike,
     folder = model_location(root, model_name)
     promote_to = _promote_local if folder.is_local else _promote_remote
     number = promote_to(folder, source, metrics, provenance)
-    _move_latest(folder, f"v{number}", "promote")
+    if move_latest:
+        _move_latest(folder, f"v{number}", "promote")
     return _as_dir(folder / f"v{number}")
 
 

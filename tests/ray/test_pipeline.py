@@ -119,6 +119,51 @@ def test_a_model_changed_under_the_endpoint_fails_verification_and_rolls_back(
         serve.shutdown()
 
 
+def test_pipeline_gates_a_new_version_instead_of_swapping(tmp_path: Path, capsys) -> None:
+    """--rollout: with a version already served, the new one runs beside it and the gate decides on the
+    replayed test set. A trained v2 shadowing a random v1 is promoted (exit 0, latest v2); a barely trained
+    v3 as a 50% canary is rolled back (exit 1, latest stays v2). Each decision is in the report."""
+    port = free_port()
+    reg = tmp_path / "registry"
+    cfg = Config.from_dict({"data": {"dataset": "synthetic"}, "registry": {"path": str(reg)}})
+    first = save_checkpoint(tmp_path / "v1-source", build_model(cfg.model, seed=7), cfg, {"epoch": 0})
+    registry.promote(str(reg), "mlp", first, {"test_accuracy": 0.1}, registry.make_provenance(cfg, "random v1"))
+    common = ["--skip-sweep", "--data.dataset", "synthetic", "--data.synthetic_size", "2000",
+              "--rollout-min-labelled", "100"]
+    try:
+        argv = pipeline_args(tmp_path, port, *common, "--train.epochs", "2", "--rollout", "shadow",
+                             "--run.name", "gated-good")
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        for number, stage in enumerate(("train", "deploy", "rollout", "verify", "report"), 1):
+            outcome = "promote" if stage == "rollout" else "ok"
+            assert f"[pipeline {number}/5] {stage} {outcome} in" in out, out[-3000:]
+        assert "v2 as a shadow beside v1" in out and "rollout: promote v2 after " in out
+        assert read_latest(reg, "mlp") == "v2"
+        history = (reg / "mlp" / "latest.history").read_text().splitlines()
+        assert [json.loads(line)["by"] for line in history] == ["gate"]  # v2 went in without moving latest
+        record = check_report(tmp_path / "runs" / "gated-good", ("verify_latency.png",))
+        assert record["ok"] and record["version"] == "v2" and record["rollout"]["action"] == "promote"
+        assert "## Rollout" in (tmp_path / "runs" / "gated-good" / "pipeline_report.md").read_text()
+
+        argv = pipeline_args(tmp_path, port, *common, "--train.epochs", "1", "--optim.lr", "0.000001",
+                             "--rollout", "canary", "--rollout-percent", "50", "--run.name", "gated-bad")
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        assert "rollout: rollback v3 after " in captured.out
+        assert "the gate did not promote v3 (rollback)" in captured.err
+        assert read_latest(reg, "mlp") == "v2"
+        record = check_report(tmp_path / "runs" / "gated-bad", ("verify_latency.png",))
+        assert record["ok"] and record["version"] == "v2" and record["rollout"]["action"] == "rollback"
+        figures = record["rollout"]["figures"]
+        assert figures["candidate"]["accuracy"] < figures["current"]["accuracy"] - 0.02
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert http.get("/model").json()["version"] == "v2"
+            assert http.get("/rollout").json()["rollout"] is None
+    finally:
+        serve.shutdown()
+
+
 @pytest.mark.slow
 def test_pipeline_on_fashion_mnist_serves_what_it_promoted(tmp_path: Path, capsys) -> None:
     if not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("MLP_DATA_DIR"):

@@ -325,11 +325,11 @@ class TwoNodeCluster:
         deployment's replicas with their ``replica_id``, ``state``, ``node_id``."""
         return self._api_get("/api/serve/applications/")
 
-    def serve_replicas(self, app: str = "mlp") -> list[dict[str, Any]]:
-        """Every replica of every deployment of ``app`` (empty when the application does not exist)."""
+    def serve_replicas(self, app: str = "mlp", deployment: str = "MLPService") -> list[dict[str, Any]]:
+        """Every replica of ``deployment`` in ``app`` (empty when the application does not exist); the app's
+        other deployment, its one-replica RolloutLedger, is not one that answers requests."""
         application = self.serve_details().get("applications", {}).get(app) or {}
-        return [replica for deployment in application.get("deployments", {}).values()
-                for replica in deployment.get("replicas", [])]
+        return list((application.get("deployments", {}).get(deployment) or {}).get("replicas", []))
 
     def node_states(self) -> dict[str, str]:
         """``{node_id: "ALIVE" | "DEAD"}`` for every node the cluster has seen."""

@@ -117,6 +117,22 @@ def _in_parallel(calls: list[Callable[[], T]]) -> list[T]:
         return list(pool.map(lambda call: call(), calls))
 
 
+def read_json_lines(location: Location) -> list[Any]:
+    """The JSON values of a line-per-record file (a history, a decision log), oldest first; [] when it is
+    missing. A line that does not parse is skipped: one damaged record must not hide the others."""
+    try:
+        lines = location.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 def _read_json(location: Location) -> dict[str, Any]:
     """A version's small JSON file, or {} when it is missing or damaged (a listing must not stop at one)."""
     try:

@@ -16,7 +16,8 @@ from typing import Optional
 
 from mlp.config import VERSION_NAME
 from mlp.registry.layout import (ALIASES, HISTORY, HISTORY_KEEP, LATEST, NO_MODEL_FIX, PathLike, RegistryError,
-                                 _in_parallel, _known_versions, _require_complete, is_version_number, model_location)
+                                 _in_parallel, _known_versions, _require_complete, is_version_number, model_location,
+                                 read_json_lines)
 from mlp.registry.storage import Location, local_path
 
 log = logging.getLogger(__name__)
@@ -142,19 +143,8 @@ def read_history(root: PathLike, model_name: str) -> list[dict[str, str]]:
 
 
 def _read_moves(folder: Location) -> list[dict[str, str]]:
-    try:
-        lines = (folder / HISTORY).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    moves = []
-    for line in lines:
-        try:
-            move = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(move, dict) and all(is_version_number(str(move.get(key))) for key in ("from", "to")):
-            moves.append(move)
-    return moves
+    return [move for move in read_json_lines(folder / HISTORY)
+            if isinstance(move, dict) and all(is_version_number(str(move.get(key))) for key in ("from", "to"))]
 
 
 def _write_history(folder: Location, moves: list[dict[str, str]]) -> None:

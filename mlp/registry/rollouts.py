@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from mlp.registry.layout import PathLike, RegistryError, model_location
+from mlp.registry.layout import PathLike, RegistryError, model_location, read_json_lines
 from mlp.registry.pointers import version_of
 
 ROLLOUT = "rollout.json"
@@ -121,19 +121,7 @@ def record_decision(root: PathLike, model_name: str, decision: dict[str, Any]) -
 
 def read_decisions(root: PathLike, model_name: str) -> list[dict[str, Any]]:
     """Every recorded rollout decision, oldest first; a damaged line is skipped."""
-    try:
-        lines = (model_location(root, model_name) / DECISIONS).read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+    return [entry for entry in read_json_lines(model_location(root, model_name) / DECISIONS) if isinstance(entry, dict)]
 
 
 def _now() -> str:

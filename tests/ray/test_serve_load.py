@@ -23,13 +23,8 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from mlp.checkpoint import save_checkpoint
-from mlp.config import Config, ServeConfig
-from mlp.model import build_model
-from mlp.registry import make_provenance, promote
-from serve.app import build_from_config
-from serve.options import http_options
-from s3server import free_port  # tests/ is on sys.path while pytest runs
+from mlp.config import ServeConfig
+from served import deploy_untrained  # tests/ is on sys.path while pytest runs
 
 CLIENTS = 6
 FLOOD_S = 8.0
@@ -66,13 +61,7 @@ def url(tmp_path_factory):
     """One replica with the default image limits, serving an untrained model (decoding cost does not depend
     on the weights)."""
     tmp = tmp_path_factory.mktemp("serve-load")
-    cfg = Config.from_dict({"data": {"dataset": "mnist"}, "registry": {"path": str(tmp / "registry")},
-                            "serve": {"port": free_port(), "min_replicas": 1, "max_replicas": 1}})
-    checkpoint = save_checkpoint(tmp / "checkpoint", build_model(cfg.model, seed=0), cfg, {"epoch": 0})
-    promote(cfg.registry.path, "mlp", checkpoint, {}, make_provenance(cfg, str(checkpoint)))
-    serve.start(http_options=http_options(cfg.serve))
-    serve.run(build_from_config(cfg), name="load", route_prefix="/")
-    yield f"http://127.0.0.1:{cfg.serve.port}"
+    yield deploy_untrained(tmp, "load")
     serve.shutdown()
 
 

@@ -21,13 +21,7 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from mlp.checkpoint import save_checkpoint
-from mlp.config import Config
-from mlp.model import build_model
-from mlp.registry import make_provenance, promote
-from serve.app import build_from_config
-from serve.options import http_options
-from s3server import free_port  # tests/ is on sys.path while pytest runs
+from served import deploy_untrained  # tests/ is on sys.path while pytest runs
 
 APP = "metrics"
 GOOD = 20  # single instances, one request each
@@ -42,13 +36,8 @@ Samples = list[tuple[str, dict[str, str], float]]
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-metrics")
-    cfg = Config.from_dict({"data": {"dataset": "mnist"}, "registry": {"path": str(tmp / "registry")},
-                            "serve": {"port": free_port(), "min_replicas": 1, "max_replicas": 1}})
-    checkpoint = save_checkpoint(tmp / "checkpoint", build_model(cfg.model, seed=0), cfg, {"epoch": 0})
-    promote(cfg.registry.path, "mlp", checkpoint, {}, make_provenance(cfg, str(checkpoint)))
-    serve.start(http_options=http_options(cfg.serve))
-    serve.run(build_from_config(cfg), name=APP, route_prefix="/")
-    with httpx.Client(base_url=f"http://127.0.0.1:{cfg.serve.port}", timeout=30) as http:
+    url = deploy_untrained(tmp, APP)
+    with httpx.Client(base_url=url, timeout=30) as http:
         yield http
     serve.shutdown()
 

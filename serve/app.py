@@ -60,7 +60,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mlp.config import Config, ConfigError, ServeConfig
-from mlp.registry.rollouts import Rollout, read_rollout
+from mlp.registry.rollouts import Rollout, read_rollout, sync_configured_rollout
 from serve.inputs import InputError, new_request_id
 from serve.keys import KeyRing
 from serve.ledger import FLUSH_INTERVAL_S, RolloutLedger
@@ -204,16 +204,29 @@ class MLPService:
         Never raises for a source that cannot be loaded: Ray would stop a running replica whose
         ``reconfigure`` fails, and the model it already has is better than none (``problem`` says why).
         """
-        unknown = set(user_config) - {"version", "checkpoint"}
+        unknown = set(user_config) - {"version", "checkpoint", "rollout"}
         if unknown:
-            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (known: version, checkpoint)")
-        serve_cfg = ServeConfig(**{**self.cfg.serve.__dict__, **user_config})  # validates the version
+            raise ValueError(f"user_config: unknown keys {sorted(unknown)} (known: version, checkpoint, rollout)")
+        serving = {key: value for key, value in user_config.items() if key != "rollout"}
+        serve_cfg = ServeConfig(**{**self.cfg.serve.__dict__, **serving})  # validates the version
+        await self._configured_rollout(user_config.get("rollout"), serve_cfg)
         self.source = ModelSource(self.source.registry, self.source.model_name,
                                   serve_cfg.version, serve_cfg.checkpoint)
         if self.predictor is None:  # still starting: this source gets what is left of the grace period
             await self._load_within_grace()
         else:
             await self._refresh()
+
+    async def _configured_rollout(self, spec: Any, serve_cfg: ServeConfig) -> None:
+        """``user_config.rollout`` (a Serve YAML): start, change or end that rollout in the registry, where
+        every replica (and ``mlp-registry rollout show``) sees it. A bad spec fails the deploy, naming the key."""
+        if spec is not None and serve_cfg.checkpoint:
+            raise ValueError("user_config.rollout needs a registry: this app serves a checkpoint folder")
+        if serve_cfg.checkpoint:
+            return
+        done = await asyncio.to_thread(sync_configured_rollout, self.source.registry, self.source.model_name, spec)
+        if done:
+            log.info(done)
 
     async def _load_within_grace(self) -> None:
         """Try to load until a model is in or ``serve.load_grace_s`` has passed since the replica started.
@@ -363,7 +376,7 @@ class MLPService:
                 return self._refused("/predict", err), None
         predictor = self.predictor
         if predictor is None:
-            return json_response({"error": self.problem, "status": 503}, status=503), None
+            return self._refused("/predict", InputError(503, self.problem)), None
         try:
             parsed = await parse_request(request, self.cfg.serve, predictor.info.dataset, predictor.table_form)
         except InputError as err:
@@ -457,8 +470,8 @@ class MLPService:
         except InputError as err:
             return self._refused("/feedback", err)
         result = await self.ledger.feedback.remote(request_id, labels)
-        if "status" in result:
-            return json_response(result, status=result["status"])
+        if "status" in result:  # unknown (404) or already labelled / another count (409)
+            return self._refused("/feedback", InputError(result["status"], result["error"]))
         return json_response(result)
 
     @api.get("/rollout", summary="The running rollout (canary or shadow), live figures per version, last decision")

@@ -169,7 +169,8 @@ class Ledger:
                 registry.set_alias(reg.path, reg.model_name, source, rollout.candidate)
                 moved = f"alias {source} -> {rollout.candidate}"
         decision = {"action": verdict.action, "reason": verdict.reason, "rollout": rollout.id,
-                    "mode": rollout.mode, "candidate": rollout.candidate, "current": current_version,
+                    "mode": rollout.mode, "origin": rollout.origin, "candidate": rollout.candidate,
+                    "current": current_version,
                     "serving": source, "moved": moved, "min_labelled": rollout.min_labelled,
                     "tolerance": rollout.tolerance, "figures": figures}
         if verdict.action == "promote" and moved is None:

@@ -146,7 +146,7 @@ def cmd_rollout_end(reg: RegistryConfig, args: argparse.Namespace) -> None:
         return
     rollouts.record_decision(reg.path, reg.model_name, {"action": "ended", "reason": f"ended by {PROG} rollout end",
                                                         "rollout": ended.id, "mode": ended.mode,
-                                                        "candidate": ended.candidate})
+                                                        "candidate": ended.candidate, "origin": ended.origin})
     print(f"ended the {ended.mode} of {ended.candidate} (rollout {ended.id}): apps stop routing to it within a second")
 
 

@@ -15,6 +15,7 @@ decision: ``promote`` points the served reference (``latest`` or an alias) at th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -44,6 +45,7 @@ class Rollout:
     tolerance: float = DEFAULT_TOLERANCE  # accuracy the candidate may lose, and error rate it may add
     id: str = ""
     started_at: str = ""
+    origin: str = "cli"  # who started it: cli, pipeline, or serve-config:<digest of the Serve config's rollout>
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -85,7 +87,8 @@ def read_rollout(root: PathLike, model_name: str) -> Optional[Rollout]:
 
 
 def start_rollout(root: PathLike, model_name: str, version: str, mode: str, percent: float,
-                  min_labelled: int = DEFAULT_MIN_LABELLED, tolerance: float = DEFAULT_TOLERANCE) -> Rollout:
+                  min_labelled: int = DEFAULT_MIN_LABELLED, tolerance: float = DEFAULT_TOLERANCE,
+                  origin: str = "cli") -> Rollout:
     """Start (or change) the rollout of ``version`` (``vN``, ``latest`` or an alias, stored as the ``vN``).
 
     The same candidate keeps its ``id``: changing the percentage or the mode keeps the gate's evidence.
@@ -95,9 +98,50 @@ def start_rollout(root: PathLike, model_name: str, version: str, mode: str, perc
     same = current is not None and current.candidate == candidate
     rollout = Rollout(candidate=candidate, mode=mode, percent=float(percent), min_labelled=int(min_labelled),
                       tolerance=float(tolerance), id=current.id if same else secrets.token_hex(6),
-                      started_at=current.started_at if same else _now())
+                      started_at=current.started_at if same else _now(), origin=origin)
     (model_location(root, model_name) / ROLLOUT).write_text(json.dumps(rollout.to_dict(), indent=2) + "\n")
     return rollout
+
+
+CONFIG_ORIGIN = "serve-config:"
+CONFIG_KEYS = ("candidate", "mode", "percent", "min_labelled", "tolerance")
+
+
+def sync_configured_rollout(root: PathLike, model_name: str, spec: Any) -> Optional[str]:
+    """Make the registry's rollout follow a Serve config's ``user_config.rollout`` (``spec``; None: absent).
+
+    Applied once per distinct spec: a spec already running, or already decided by the gate, is left
+    alone (a replica restarting with the same YAML must not restart a finished rollout). Removing the
+    spec ends a rollout that a Serve config started, not one started with ``mlp-registry``. Returns
+    what it did, for the replica's log (None: nothing). A bad spec raises ``RegistryError`` naming the key.
+    """
+    current = read_rollout(root, model_name)
+    if spec is None:
+        if current is None or not current.origin.startswith(CONFIG_ORIGIN):
+            return None
+        end_rollout(root, model_name, expected_id=current.id)
+        record_decision(root, model_name, {"action": "ended", "reason": "removed from the Serve config",
+                                           "rollout": current.id, "mode": current.mode,
+                                           "candidate": current.candidate, "origin": current.origin})
+        return f"ended rollout {current.id} of {current.candidate}: no longer in the Serve config"
+    if not isinstance(spec, dict) or not isinstance(spec.get("candidate"), str):
+        raise RegistryError("user_config.rollout must be a mapping with a 'candidate' version, e.g. "
+                            "{candidate: v4, mode: canary, percent: 10}")
+    unknown = sorted(set(spec) - set(CONFIG_KEYS))
+    if unknown:
+        raise RegistryError(f"user_config.rollout: unknown key(s) {unknown} (known: {', '.join(CONFIG_KEYS)})")
+    origin = CONFIG_ORIGIN + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    if current is not None and current.origin == origin:
+        return None
+    if any(entry.get("origin") == origin for entry in read_decisions(root, model_name)):
+        return None
+    try:
+        rollout = start_rollout(root, model_name, spec["candidate"], spec.get("mode", "canary"),
+                                spec.get("percent", 10.0), spec.get("min_labelled", DEFAULT_MIN_LABELLED),
+                                spec.get("tolerance", DEFAULT_TOLERANCE), origin=origin)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        raise RegistryError(f"user_config.rollout: {err}") from None
+    return f"rollout {rollout.id} of {rollout.candidate} ({rollout.mode}) from the Serve config"
 
 
 def end_rollout(root: PathLike, model_name: str, expected_id: Optional[str] = None) -> Optional[Rollout]:

@@ -269,3 +269,35 @@ def test_the_gate_rolls_back_a_worse_canary_within_the_labelled_budget(app) -> N
     wait_for_version(http, x, "v3", present=False, timeout_s=10)
     print(f"\n[rollout] canary of v3 (shuffled labels) rolled back after {sent} labelled instances: accuracy "
           f"{figures['candidate']['accuracy']:.3f} vs {figures['current']['accuracy']:.3f}")
+
+
+def test_a_serve_config_rollout_starts_with_a_deploy_and_ends_when_removed(app) -> None:
+    """``user_config.rollout`` as in cluster/serve_config.yaml: a redeploy with it starts the shadow (origin:
+    the Serve config), a redeploy without it ends it; latest is untouched."""
+    from serve.app import MLPService, RolloutLedger
+    from serve.options import deployment_options
+
+    http, cfg, x = app["http"], app["cfg"], app["x"]
+    reg, config = cfg.registry, cfg.to_dict()
+
+    def deploy(user_config: dict[str, Any]) -> None:
+        options = {**deployment_options(cfg.serve), "user_config": user_config}
+        serve.run(MLPService.options(**options).bind(config, RolloutLedger.bind(config)), name="rollout",
+                  route_prefix="/")
+
+    deploy({"version": "latest", "checkpoint": None,
+            "rollout": {"candidate": "v1", "mode": "shadow", "min_labelled": 1000}})
+    running = read_rollout(reg.path, reg.model_name)
+    assert running is not None and running.candidate == "v1" and running.origin.startswith("serve-config:")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        predict(http, x[:4])
+        if "v1" in http.get("/rollout").json()["versions"]:
+            break
+        time.sleep(0.2)
+    status = http.get("/rollout").json()
+    assert status["rollout"]["origin"] == running.origin and "v1" in status["versions"], status
+    deploy({"version": "latest", "checkpoint": None})
+    assert read_rollout(reg.path, reg.model_name) is None
+    assert read_decisions(reg.path, reg.model_name)[-1]["reason"] == "removed from the Serve config"
+    assert read_latest(reg.path, reg.model_name) == "v2"

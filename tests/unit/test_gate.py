@@ -149,3 +149,36 @@ def test_registry_cli_refuses_a_bad_percentage_with_exit_2(tmp_path: Path) -> No
                            "--registry.path", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "error" in done.stderr
     assert not (tmp_path / "mlp" / "rollout.json").exists()
+
+
+def test_a_serve_config_rollout_is_applied_once_per_spec_and_ended_when_removed(tmp_path: Path) -> None:
+    from mlp.registry import COMPLETE_MARKER
+    from mlp.registry.rollouts import record_decision, sync_configured_rollout
+
+    root = tmp_path / "registry"
+    for n in (1, 2, 3):
+        (root / "mlp" / f"v{n}").mkdir(parents=True)
+        (root / "mlp" / f"v{n}" / COMPLETE_MARKER).write_text("")
+    (root / "mlp" / "latest").write_text("v1\n")
+    reg = str(root)
+    spec = {"candidate": "v2", "mode": "canary", "percent": 10}
+    assert "from the Serve config" in sync_configured_rollout(reg, "mlp", spec)
+    started = read_rollout(reg, "mlp")
+    assert started.candidate == "v2" and started.percent == 10 and started.origin.startswith("serve-config:")
+    assert sync_configured_rollout(reg, "mlp", dict(spec)) is None  # another replica, or a restart: no change
+    sync_configured_rollout(reg, "mlp", {**spec, "percent": 50})  # a changed share keeps the gate's evidence
+    ramped = read_rollout(reg, "mlp")
+    assert ramped.percent == 50 and ramped.id == started.id
+    end_rollout(reg, "mlp")  # the gate decided
+    record_decision(reg, "mlp", {"action": "rollback", "origin": ramped.origin})
+    assert sync_configured_rollout(reg, "mlp", {**spec, "percent": 50}) is None  # a decided spec never restarts
+    assert read_rollout(reg, "mlp") is None
+    sync_configured_rollout(reg, "mlp", {"candidate": "v3", "mode": "shadow"})
+    assert sync_configured_rollout(reg, "mlp", None).startswith("ended rollout")  # removed from the YAML
+    assert read_rollout(reg, "mlp") is None and read_decisions(reg, "mlp")[-1]["action"] == "ended"
+    start_rollout(reg, "mlp", "v2", "canary", 5)  # started with mlp-registry: the YAML does not end it
+    assert sync_configured_rollout(reg, "mlp", None) is None and read_rollout(reg, "mlp") is not None
+    for bad, key in (({"candidate": "v2", "share": 5}, "share"), ({"mode": "canary"}, "candidate"),
+                     ({"candidate": "v2", "percent": 500}, "--percent"), ({"candidate": "v9"}, "v9")):
+        with pytest.raises(RegistryError, match=key):
+            sync_configured_rollout(reg, "mlp", bad)

@@ -17,11 +17,9 @@ from typing import Callable
 
 import httpx
 import pytest
-import ray
-from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from served import deploy_untrained  # tests/ is on sys.path while pytest runs
+from served import Samples, deploy_untrained, metrics_urls, scrape, total  # tests/ is on sys.path while pytest runs
 
 APP = "metrics"
 GOOD = 20  # single instances, one request each
@@ -30,9 +28,6 @@ MALFORMED = 3  # -> 400, reason malformed
 WRONG_LENGTH = 2  # -> 422, reason invalid_input
 POLL_S = 60.0
 
-Samples = list[tuple[str, dict[str, str], float]]
-
-
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-metrics")
@@ -40,30 +35,6 @@ def endpoint(tmp_path_factory):
     with httpx.Client(base_url=url, timeout=30) as http:
         yield http
     serve.shutdown()
-
-
-def metrics_urls() -> list[str]:
-    """Every alive node's Prometheus endpoint: the port its metrics agent exports on."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    assert nodes and all(n.get("MetricsExportPort") for n in nodes), nodes
-    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in nodes]
-
-
-def scrape(urls: list[str]) -> Samples:
-    """This application's samples from every node (name, labels, value)."""
-    samples: Samples = []
-    for url in urls:
-        text = httpx.get(url, timeout=10).text
-        for family in text_string_to_metric_families(text):
-            samples += [(s.name, s.labels, s.value) for s in family.samples
-                        if s.name.startswith("ray_mlp_") and s.labels.get("application") == APP]
-    return samples
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series (replica, worker) of ``name`` whose labels include ``labels``."""
-    return sum(value for n, tags, value in samples
-               if n == name and all(tags.get(k) == v for k, v in labels.items()))
 
 
 def expectations(version: str) -> dict[str, tuple[Callable[[Samples], float], float]]:
@@ -103,7 +74,7 @@ def test_requests_refusals_latency_batch_size_and_version_reach_prometheus(endpo
     version = http.get("/readyz").json()["version"]
     assert version == "v1"
     urls = metrics_urls()
-    before = scrape(urls)
+    before = scrape(urls, APP)
 
     row = [0.5] * 784
     for i in range(GOOD):
@@ -119,7 +90,7 @@ def test_requests_refusals_latency_batch_size_and_version_reach_prometheus(endpo
     wanted = expectations(version)
     deadline = time.monotonic() + POLL_S
     while True:
-        after = scrape(urls)
+        after = scrape(urls, APP)
         moved = {what: read(after) - read(before) for what, (read, _) in wanted.items()}
         short = {what: delta for what, delta in moved.items() if delta < wanted[what][1]}
         served = total(after, "ray_mlp_served_version", version=version, role="current")

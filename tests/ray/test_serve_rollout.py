@@ -39,6 +39,7 @@ from serve.app import build_from_config
 from serve.options import http_options
 from serve.predictor import load_predictor
 from s3server import free_port  # tests/ is on sys.path while pytest runs
+from served import metrics_urls, scrape, total
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = {"min_replicas": 1, "max_replicas": 1, "max_instances": 256, "max_body_bytes": 2_000_000}
@@ -210,6 +211,8 @@ def run_gate(http: httpx.Client, x: np.ndarray, y: np.ndarray, size: int, limit:
 def test_shadow_records_agreement_and_the_gate_promotes_a_better_candidate(app) -> None:
     http, cfg, x, y = app["http"], app["cfg"], app["x"], app["y"]
     reg = cfg.registry
+    urls = metrics_urls()
+    before = scrape(urls, "rollout")
     out = registry_cli(cfg, "shadow", "v2", "--min-labelled", "300", "--tolerance", "0.02")
     assert "shadow started: every /predict, as a shadow, to v2" in out
     deadline = time.monotonic() + 30
@@ -236,6 +239,20 @@ def test_shadow_records_agreement_and_the_gate_promotes_a_better_candidate(app) 
     wait_for_version(http, x, "v2", present=True, timeout_s=10)
     wait_for_version(http, x, "v1", present=False, timeout_s=10)
     labelled = figures["candidate"]["labelled"]
+    # the same agreement reaches Prometheus through Ray's metrics export (reported every few seconds)
+    compared = "ray_mlp_rollout_compared_total"
+    deadline = time.monotonic() + 60
+    while True:
+        after = scrape(urls, "rollout")
+        moved = {agreed: total(after, compared, mode="shadow", agreed=agreed)
+                 - total(before, compared, mode="shadow", agreed=agreed) for agreed in ("true", "false")}
+        if sum(moved.values()) >= agreement["compared"] or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert sum(moved.values()) >= agreement["compared"] and moved["true"] >= agreement["agreed"], moved
+    shadowed = (total(after, "ray_mlp_rollout_routed_total", mode="shadow", role="current")
+                - total(before, "ray_mlp_rollout_routed_total", mode="shadow", role="current"))
+    assert shadowed >= len(rounds), shadowed
     print(f"\n[rollout] shadow of v2: agreement {agreement['rate']:.3f} over {agreement['compared']} instances; "
           f"accuracy v2 {figures['candidate']['accuracy']:.3f} vs v1 {figures['current']['accuracy']:.3f}; "
           f"v2 p50 {figures['candidate']['latency_p50_ms']:.2f} ms; promoted after {labelled} labelled instances")

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=20_000)
     args = parser.parse_args()
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)  # its own cluster, whatever else runs here
     try:
         figures = ray.get(measure.remote(args.rounds, args.calls))
     finally:

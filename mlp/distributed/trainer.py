@@ -187,11 +187,27 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         ray.init()
         return
     rayenv.apply_cluster_env()  # read by the raylet and workers of the cluster ray.init may start here
+    options: dict[str, Any] = {} if num_cpus is None else {"num_cpus": num_cpus}
     address = None  # join a cluster `ray start` left on this machine, if any
     if (stale := stale_local_cluster()) is not None:
         print(f"ignoring {stale}; starting a local Ray cluster", flush=True)
         address = "local"
-    ray.init(address=address, num_cpus=num_cpus) if num_cpus is not None else ray.init(address=address)
+        options.update(local_cluster_options())
+    ray.init(address=address, **options)
+
+
+def local_cluster_options() -> dict[str, Any]:
+    """``ray.init`` options for a local cluster started beside a dead one that ``ray start`` recorded.
+
+    Ray Train's PlacementGroupCleaner asks the State API whether the run's controller is alive, at the
+    address it auto-detects: ``RAY_API_SERVER_ADDRESS``, else the recorded (dead) cluster's. Unanswered,
+    every run's end waits 12 s for the cleaner to give up (and a Tune trial's workers are not freed).
+    So the dashboard gets a free port, named to this job's processes, the controllers included.
+    """
+    with socket.socket() as sock:  # a port nothing listens on now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {"dashboard_port": port, "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
 
 
 def stale_local_cluster() -> Optional[str]:

@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from mlp.distributed import rayenv
+from mlp.distributed.trainer import local_cluster_options
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,6 +20,9 @@ def ray_cluster():
     rayenv.apply_driver_env()
     if not ray.is_initialized():
         # address="local": always a fresh cluster, even if `ray start` left one running here.
-        ray.init(address="local", num_cpus=2, include_dashboard=True)
+        # Its dashboard on a free port named to the session's processes, as mlp's own local clusters do: a dead
+        # cluster that `ray start` recorded on this machine (the multinode tests leave one) must not be the
+        # State API that Ray Train's cleaner asks (mlp.distributed.trainer.local_cluster_options).
+        ray.init(address="local", num_cpus=2, include_dashboard=True, **local_cluster_options())
     yield
     ray.shutdown()

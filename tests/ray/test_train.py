@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,3 +130,28 @@ def test_fashion_mnist_reaches_85_percent(config_factory) -> None:
     summary = run_training(cfg)
     assert summary["epochs"] == 10
     assert summary["test_accuracy"] >= 0.85
+
+
+def test_a_dead_recorded_cluster_is_not_the_state_api_ray_trains_cleaner_asks(tmp_path: Path) -> None:
+    """``ray start`` recorded a cluster that is gone: ``mlp-train`` starts its own, and names that cluster's
+    dashboard as the State API to its processes, so Ray Train's PlacementGroupCleaner sees the run's controller
+    (asking the dead address, it gave up only after 12 s at every run's end, logging that it could not stop)."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths live below it
+    try:
+        (ray_tmp / "ray").mkdir()
+        with socket.socket() as sock:  # an address nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{sock.getsockname()[1]}"
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        done = subprocess.run([sys.executable, "-m", "mlp.train", "--data.dataset", "synthetic",
+                               "--data.synthetic_size", "2000", "--train.epochs", "1",
+                               "--run.storage_path", str(tmp_path / "runs"), "--run.name", "beside-a-dead-one"],
+                              env={**env, "RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert f"ignoring the Ray cluster address {dead}" in output
+    assert "test accuracy" in done.stdout
+    assert "Failed to stop PlacementGroupCleaner" not in output and "Failed to query" not in output, output[-3000:]

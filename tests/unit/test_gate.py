@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlp.config import Config
-from mlp.registry import RegistryError, read_latest
+from mlp.registry import COMPLETE_MARKER, RegistryError, read_latest
 from mlp.registry.rollouts import Rollout, end_rollout, read_decisions, read_rollout, start_rollout
 from serve.gate import VersionFigures, judge
 from serve.inputs import InputError, feedback_labels, new_request_id
@@ -58,14 +58,18 @@ def test_a_bad_rollout_is_refused_naming_the_setting(kwargs, key) -> None:
         Rollout(candidate="v2", **kwargs)
 
 
-def test_rollout_file_keeps_its_id_while_the_candidate_stays(tmp_path: Path) -> None:
-    from mlp.registry import COMPLETE_MARKER
-
+def version_folders(tmp_path: Path, versions: int) -> Path:
+    """A registry with ``versions`` complete (empty) versions and latest at v1: rollouts only read pointers."""
     root = tmp_path / "registry"
-    for n in (1, 2, 3):
+    for n in range(1, versions + 1):
         (root / "mlp" / f"v{n}").mkdir(parents=True)
         (root / "mlp" / f"v{n}" / COMPLETE_MARKER).write_text("")
     (root / "mlp" / "latest").write_text("v1\n")
+    return root
+
+
+def test_rollout_file_keeps_its_id_while_the_candidate_stays(tmp_path: Path) -> None:
+    root = version_folders(tmp_path, 3)
     first = start_rollout(str(root), "mlp", "v2", "canary", 10)
     ramped = start_rollout(str(root), "mlp", "v2", "canary", 50)
     assert ramped.id == first.id and ramped.percent == 50 and read_rollout(str(root), "mlp") == ramped
@@ -108,13 +112,7 @@ def test_feedback_bodies() -> None:
 
 
 def test_the_ledger_scores_feedback_and_the_gate_promotes_on_the_registry(tmp_path: Path) -> None:
-    from mlp.registry import COMPLETE_MARKER
-
-    root = tmp_path / "registry"
-    for n in (1, 2):
-        (root / "mlp" / f"v{n}").mkdir(parents=True)
-        (root / "mlp" / f"v{n}" / COMPLETE_MARKER).write_text("")
-    (root / "mlp" / "latest").write_text("v1\n")
+    root = version_folders(tmp_path, 2)
     rollout = start_rollout(str(root), "mlp", "v2", "shadow", 0, min_labelled=4, tolerance=0.0)
     ledger = Ledger(Config.from_dict({"registry": {"path": str(root)}}))
 
@@ -152,15 +150,9 @@ def test_registry_cli_refuses_a_bad_percentage_with_exit_2(tmp_path: Path) -> No
 
 
 def test_a_serve_config_rollout_is_applied_once_per_spec_and_ended_when_removed(tmp_path: Path) -> None:
-    from mlp.registry import COMPLETE_MARKER
     from mlp.registry.rollouts import record_decision, sync_configured_rollout
 
-    root = tmp_path / "registry"
-    for n in (1, 2, 3):
-        (root / "mlp" / f"v{n}").mkdir(parents=True)
-        (root / "mlp" / f"v{n}" / COMPLETE_MARKER).write_text("")
-    (root / "mlp" / "latest").write_text("v1\n")
-    reg = str(root)
+    reg = str(version_folders(tmp_path, 3))
     spec = {"candidate": "v2", "mode": "canary", "percent": 10}
     assert "from the Serve config" in sync_configured_rollout(reg, "mlp", spec)
     started = read_rollout(reg, "mlp")

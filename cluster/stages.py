@@ -102,11 +102,11 @@ def gated_rollout(cfg: Config, args: Any, url: str, candidate: str) -> dict[str,
     from mlp import registry
     from mlp.data import load_test
     from mlp.registry.rollouts import end_rollout, start_rollout
-    from serve.endpoint import replay
+    from serve.endpoint import replay, replay_line
 
     reg = cfg.registry
     rollout = start_rollout(reg.path, reg.model_name, candidate, args.rollout, args.rollout_percent,
-                            args.rollout_min_labelled, args.rollout_tolerance)
+                            args.rollout_min_labelled, args.rollout_tolerance, origin="pipeline")
     served = registry.read_latest(reg.path, reg.model_name)
     share = f"{rollout.percent:g}% canary" if rollout.mode == "canary" else "shadow"
     print(f"rollout {rollout.id}: {candidate} as a {share} beside {served}; replaying the labelled test set "
@@ -116,8 +116,7 @@ def gated_rollout(cfg: Config, args: Any, url: str, candidate: str) -> dict[str,
 
     def progress(totals: dict[str, Any]) -> None:
         if totals["requests"] % 50 == 0:
-            print(f"rollout: {totals['sent']} labelled instances replayed, answered by {totals['by_version']}",
-                  file=sys.stderr, flush=True)
+            print(replay_line(totals), file=sys.stderr, flush=True)
 
     with httpx.Client(base_url=url, timeout=60) as client:
         result = replay(client, x.reshape(len(x), -1), y, args.verify_batch_size, args.rollout_limit, progress)

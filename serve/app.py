@@ -293,7 +293,7 @@ class MLPService:
 
         The candidate is loaded before any request is routed to it, and ending only stops routing:
         no request fails on either. A candidate that cannot answer the same requests (other classes
-        or columns) is not routed to; the problem is reported on ``/readyz`` and ``/model``.
+        or columns) is not routed to; the replica logs why, once.
         """
         try:
             rollout = await asyncio.to_thread(read_rollout, self.source.registry, self.source.model_name)
@@ -333,8 +333,7 @@ class MLPService:
         are lost when the ledger is unreachable)."""
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
-            if not self._answers or self.ledger is None:
-                self._answers.clear()
+            if not self._answers:  # nothing is queued without a ledger (``_answered``)
                 continue
             answers, self._answers = self._answers, []
             try:
@@ -367,13 +366,21 @@ class MLPService:
         self.metrics.answered("/predict", response.status_code, version, time.perf_counter() - started)
         return response
 
+    def _without_key(self, route: str, request: Request) -> Optional[Response]:
+        """The 401 for a request without a valid API key (None: keys are off, or the key is good). Checked
+        before anything else: a request without a key costs no body read or decode."""
+        if self.keys is None:
+            return None
+        try:
+            self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
+        except InputError as err:
+            return self._refused(route, err)
+        return None
+
     async def _predict(self, request: Request) -> tuple[Response, Optional[str]]:
         """``/predict``'s answer and the version that computed it (None: refused before any model ran)."""
-        if self.keys is not None:  # before anything else: a request without a key costs no body read or decode
-            try:
-                self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            except InputError as err:
-                return self._refused("/predict", err), None
+        if (refused := self._without_key("/predict", request)) is not None:
+            return refused, None
         predictor = self.predictor
         if predictor is None:
             return self._refused("/predict", InputError(503, self.problem)), None
@@ -456,11 +463,8 @@ class MLPService:
         return response
 
     async def _feedback(self, request: Request) -> Response:
-        if self.keys is not None:  # feedback moves the gate: the same keys as /predict
-            try:
-                self.keys.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
-            except InputError as err:
-                return self._refused("/feedback", err)
+        if (refused := self._without_key("/feedback", request)) is not None:  # feedback moves the gate
+            return refused
         predictor = self.predictor
         if predictor is None or self.ledger is None:
             return json_response({"error": self.problem or "no rollout ledger in this application",

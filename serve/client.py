@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import httpx
 
 from mlp.config import DATASETS, DataConfig
-from serve.endpoint import EndpointError, check_answer, predict_image, predict_json, replay, score
+from serve.endpoint import EndpointError, check_answer, predict_image, predict_json, replay, replay_line, score
 
 
 def _test_set(client: httpx.Client, dataset: Optional[str], data_dir: Optional[str]):
@@ -45,7 +45,7 @@ class NoDecision(RuntimeError):
 
 def _replay_progress(totals: dict[str, Any]) -> None:
     if totals["requests"] % 20 == 0:
-        print(f"replay: {totals['sent']} labelled instances sent, answered by {totals['by_version']}", flush=True)
+        print(replay_line(totals), flush=True)
 
 
 def make_parser() -> argparse.ArgumentParser:

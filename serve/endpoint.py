@@ -58,6 +58,11 @@ def score(client: httpx.Client, x, y, batch_size: int, concurrency: int) -> dict
             "images_per_s": len(labels) / seconds}
 
 
+def replay_line(totals: dict[str, Any]) -> str:
+    """``replay``'s progress as one line: instances sent so far and which versions answered them."""
+    return f"replay: {totals['sent']} labelled instances sent, answered by {totals['by_version']}"
+
+
 def replay(client: httpx.Client, x, y, batch_size: int, limit: int,
            progress: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
     """Send a labelled set through the live endpoint: each batch to ``/predict``, then its true labels to

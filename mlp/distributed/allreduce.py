@@ -32,6 +32,7 @@ machine removes such names.
 
 # No ``from __future__ import annotations``: DDP's register_comm_hook checks the hook's
 # annotations against the real ``dist.GradBucket`` and ``Future`` types, not strings.
+import ctypes
 import mmap
 import os
 import platform
@@ -52,10 +53,45 @@ from mlp.procs import pid_alive
 SHM_DIR = Path("/dev/shm")
 PREFIX = "mlp-allreduce-"
 _LINE = 64  # bytes per rank counter: one cache line each, so ranks do not share a line while spinning
-_SPIN = 2000  # busy reads before yielding the CPU: a peer in lockstep usually arrives within this
-_SLEEP_AFTER_S = 0.002  # after this long waiting, sleep between reads instead of burning a core
-_MAX_SLEEP_S = 0.001  # longest sleep between reads once a wait is long
+_SPIN_S = 50e-6  # busy-wait this long before sleeping in the kernel: a peer in lockstep usually arrives within it
+_SLEEP_AFTER_S = 0.002  # "spin" waits only: after this long, sleep between reads instead of burning a core
+_MAX_SLEEP_S = 0.001  # "spin" waits only: longest sleep between reads once a wait is long
 _CHECK_EVERY_S = 0.1  # how often a waiting rank checks that the peers it waits for are alive
+WAITS = ("futex", "spin")  # how a rank waits for its peers; MLP_ALLREDUCE_WAIT picks one (for measurement)
+
+
+class _Futex:
+    """Linux futex wait and wake on a 32-bit word of shared memory, through libc's ``syscall``.
+
+    Why: a rank whose peer is late should give its core away at once, so that the
+    late peer (or the Ray process that pre-empted it) can run there; spinning or
+    ``sched_yield`` keeps the core, and ``time.sleep`` wakes late. ``FUTEX_WAIT``
+    sleeps only while the word still holds the value the waiter saw, and the
+    publisher wakes after writing, so no wake-up is lost. The words live in a
+    ``MAP_SHARED`` mapping, so the non-private futex operations are used.
+    """
+
+    _SYS_FUTEX = 202  # x86-64 (the only architecture this module runs on, see _local_ok)
+    _WAIT, _WAKE = 0, 1
+
+    class _Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = libc.syscall
+        self._syscall.restype = ctypes.c_long
+        self._syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32]
+
+    def wait(self, address: int, seen: int, timeout_s: float) -> None:
+        """Sleep until woken, ``timeout_s`` passes, or the word at ``address`` no longer equals ``seen``."""
+        timeout = self._Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+        self._syscall(self._SYS_FUTEX, address, self._WAIT, seen & 0xFFFFFFFF, ctypes.addressof(timeout), None, 0)
+
+    def wake(self, address: int) -> None:
+        """Wake every process sleeping on the word at ``address``."""
+        self._syscall(self._SYS_FUTEX, address, self._WAKE, 0x7FFFFFFF, None, None, 0)
 
 
 def segment_name(pid: int, token: str) -> str:
@@ -112,12 +148,16 @@ class ShmAllreduce:
     """
 
     def __init__(self, mapping: mmap.mmap, rank: int, world: int, capacity: int, pids: list[int],
-                 timeout_s: float) -> None:
+                 timeout_s: float, wait: str = "futex") -> None:
         self.rank, self.world, self.capacity = rank, world, capacity
-        self.pids, self.timeout_s = pids, timeout_s
+        self.pids, self.timeout_s, self.wait = pids, timeout_s, wait
         self.seq = 0  # calls so far; every rank makes the same calls in the same order
         self._mapping = mapping
         self._counters = memoryview(mapping)[: world * _LINE].cast("q")  # counter of rank r at index r*8
+        self._futex = _Futex() if wait == "futex" else None
+        anchor = ctypes.c_char.from_buffer(mapping)  # only for the address; dropped so close() can unmap
+        self._address = ctypes.addressof(anchor)  # rank r's futex word: the low half of its counter (little-endian)
+        del anchor
         raw = torch.frombuffer(mapping, dtype=torch.uint8)
         header = world * _LINE
         self._slots = [[raw[header + (parity * world + r) * capacity:][:capacity] for r in range(world)]
@@ -149,6 +189,8 @@ class ShmAllreduce:
         else:
             views[self.rank].copy_(tensor)
         self._counters[self.rank * (_LINE // 8)] = self.seq  # publish: after the data, in program order
+        if self._futex is not None:
+            self._futex.wake(self._address + self.rank * _LINE)
         self._wait_for_all(self.seq)
         torch.add(views[0], views[1], out=tensor)
         for view in views[2:]:
@@ -166,12 +208,14 @@ class ShmAllreduce:
         return views
 
     def _wait_for_all(self, seq: int) -> None:
-        """Spin briefly, then yield, then sleep ever longer, until every rank has published ``seq``.
+        """Return once every rank has published ``seq``: spin for up to ``_SPIN_S``, then sleep.
 
-        Ranks in lockstep meet within the spin, which costs no system call; a
-        peer that is behind gets the CPU back through the yields and sleeps (on a
-        2-core machine running two workers and anything else, spinning for long
-        would take the core the peer needs).
+        Ranks in lockstep meet within the spin, which costs no system call. A
+        peer that is later than that is usually one a Ray process pre-empted: the
+        "futex" wait then gives this core away until the peer publishes, so the
+        scheduler can run the peer (or the intruder) here; the "spin" wait yields
+        and then sleeps ever longer, keeping the core meanwhile
+        (``benchmarks/bench_allreduce.py`` measures both; figures in BENCHMARKS.md).
 
         Raises if a peer's process is gone or ``timeout_s`` passes, as gloo would
         on a broken connection, so a dead worker fails the step instead of hanging it.
@@ -179,16 +223,18 @@ class ShmAllreduce:
         counters, stride = self._counters, _LINE // 8
         started = checked = None
         for r in range(self.world):
-            spins = 0
-            while counters[r * stride] < seq:
-                spins += 1
-                if spins < _SPIN:
-                    continue
-                now = time.monotonic()
-                if started is None:
-                    started = checked = now
+            if counters[r * stride] >= seq:
+                continue
+            if started is None:
+                started = checked = time.perf_counter()
+            while (seen := counters[r * stride]) < seq:
+                now = time.perf_counter()
                 waited = now - started
-                if waited > _SLEEP_AFTER_S:  # a slow peer (evaluation, checkpoint): back off, at most 5% late
+                if waited < _SPIN_S:
+                    continue
+                if self._futex is not None:
+                    self._futex.wait(self._address + r * _LINE, seen, _CHECK_EVERY_S)
+                elif waited > _SLEEP_AFTER_S:  # a slow peer (evaluation, checkpoint): back off, at most 5% late
                     time.sleep(min(_MAX_SLEEP_S, waited / 20))
                 else:
                     os.sched_yield()
@@ -196,7 +242,7 @@ class ShmAllreduce:
                     checked = now
                     if not pid_alive(self.pids[r]):
                         raise RuntimeError(f"shared-memory all-reduce: rank {r} (pid {self.pids[r]}) has exited")
-                    if now - started > self.timeout_s:
+                    if waited > self.timeout_s:
                         raise TimeoutError(f"shared-memory all-reduce: rank {r} did not arrive at call {seq} "
                                            f"within {self.timeout_s:.0f} s")
 
@@ -213,14 +259,16 @@ class ShmAllreduce:
 
     @classmethod
     def setup(cls, capacity: int, group: Optional[dist.ProcessGroup] = None,
-              timeout_s: float = 1800.0) -> Optional["ShmAllreduce"]:
+              timeout_s: float = 1800.0, wait: str = "futex") -> Optional["ShmAllreduce"]:
         """Collective: every rank of ``group`` must call it; returns None on every rank if any rank cannot join.
 
         ``capacity`` is the largest tensor in bytes that will be reduced. The
         decision is made together (all-gathers over ``group``), so either every
         rank uses shared memory or none does, and no rank waits on a peer that
-        fell back.
+        fell back. ``wait`` is how a rank waits for late peers (``WAITS``; see :meth:`_wait_for_all`).
         """
+        if wait not in WAITS:
+            raise ValueError(f"wait must be one of {WAITS}, got {wait!r}")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         if world == 1:
             return None
@@ -253,7 +301,7 @@ class ShmAllreduce:
                 mapping.close()
             return None
         assert mapping is not None
-        return cls(mapping, rank, world, capacity, [pid for _, _, pid in infos], timeout_s)
+        return cls(mapping, rank, world, capacity, [pid for _, _, pid in infos], timeout_s, wait)
 
 
 def _create(size: int) -> tuple[str, mmap.mmap]:
@@ -357,7 +405,7 @@ def share_gradients(model: nn.Module, optimizer: torch.optim.Optimizer,
     dist.all_gather_object(agreed, usable, group=group)
     if not all(agreed):
         return None
-    shm = ShmAllreduce.setup(trainable_bytes(model), group=group)
+    shm = ShmAllreduce.setup(trainable_bytes(model), group=group, wait=os.environ.get("MLP_ALLREDUCE_WAIT", "futex"))
     if shm is None:
         return None
     src = dist.get_global_rank(group, 0) if group is not None else 0

@@ -77,7 +77,35 @@ def _rank_main(rank: int, port: int, out: str) -> None:
         worst = max(worst, (got - (expected / WORLD if average else expected)).abs().max().item())
         identical = identical and _same_on_all_ranks(got)
     seen["raw_max_abs_diff"], seen["raw_bit_identical"] = worst, identical
+
+    # A late peer: the waiting rank sleeps in the kernel (little CPU) and wakes as soon as the peer publishes,
+    # not at its next liveness check (made 2 s apart here, so a lost wake-up shows).
+    allreduce._CHECK_EVERY_S = 2.0
+    dist.barrier()
+    if rank == 1:
+        time.sleep(0.5)
+        arrived = torch.tensor([time.time()], dtype=torch.float64)
+        state.allreduce_(torch.ones(100))
+    else:
+        wall, cpu = time.time(), time.thread_time()
+        state.allreduce_(torch.ones(100))
+        returned, seen["late_peer_cpu_s"] = time.time(), time.thread_time() - cpu
+        seen["late_peer_wait_s"] = returned - wall
+        arrived = torch.tensor([returned], dtype=torch.float64)
+    dist.broadcast(arrived, src=1)
+    if rank == 0:
+        seen["late_peer_wake_s"] = returned - arrived.item()
+    allreduce._CHECK_EVERY_S = 0.1
     state.close()
+
+    # The spin-and-sleep wait (kept for measurement) gives the same sums.
+    spin = ShmAllreduce.setup(4 * 1000, wait="spin")
+    assert spin is not None
+    x = torch.randn(1000, generator=gen)
+    expected = x.clone()
+    dist.all_reduce(expected)
+    seen["spin_max_abs_diff"] = (spin.allreduce_(x) - expected).abs().max().item()
+    spin.close()
 
     # The optimizer-step exchange against DDP's default all-reduce, on a deeper model (6 parameters),
     # from different initial weights per rank: share_gradients must broadcast rank 0's first, as DDP does.
@@ -177,6 +205,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def test_equals_gloo_and_is_bit_identical_across_ranks(pair: dict[str, Any]) -> None:
     assert pair["raw_max_abs_diff"] < 1e-6
     assert pair["raw_bit_identical"]
+
+
+def test_a_rank_waiting_for_a_late_peer_sleeps_and_wakes_when_it_arrives(pair: dict[str, Any]) -> None:
+    assert pair["late_peer_wait_s"] >= 0.45  # it did wait for the peer's 0.5 s
+    assert pair["late_peer_cpu_s"] < 0.1 * pair["late_peer_wait_s"]  # asleep, not spinning
+    assert pair["late_peer_wake_s"] < 0.05  # woken by the publish, not by the 2 s liveness check
+    assert pair["spin_max_abs_diff"] == 0.0
 
 
 def test_shared_gradients_match_ddp_bit_for_bit(pair: dict[str, Any]) -> None:

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +117,7 @@ def plain_shards(dataset: str, epochs: int, batch_size: int, shards: int = 2) ->
 
 
 def ray_train(dataset: str, epochs: int, workers: int, batch_size: int, shm: bool = True,
-              extra: tuple[str, ...] = (), env: Optional[dict[str, str]] = None) -> dict:
+              extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict:
     """``mlp-train`` as a user runs it, timed from the outside.
 
     While it runs, every process's CPU time is sampled each second, so the row can say
@@ -255,8 +254,8 @@ def main() -> None:
                      **{k: ray[k] for k in ("workers_cores", "others_cores", "others_top") if k in ray}})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(rows, indent=2))
-    table = ["| machine | command | env | workers | global batch | all-reduce | figure | value | exchange s "
-             "| cores: workers / others | peer | peer value | ratio | fixed overhead s | tail s |",
+    table = [("| machine | command | env | workers | global batch | all-reduce | figure | value | exchange s "
+              "| cores: workers / others | peer | peer value | ratio | fixed overhead s | tail s |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['machine']} | `{r['command'].split(' --run.name')[0]}` "
               f"| {' '.join(f'{k}={v}' for k, v in r.get('env', {}).items())} | {r['workers']} | {r['batch_size']} "

@@ -11,7 +11,8 @@ torch thread each, as Ray Train's workers run) measure, in one run:
 (b) the shared-memory all-reduce of the same tensor: median and p90 per call;
 (c) a full data-parallel training step of the real model (``mlp.model.build_model``,
     32 samples per worker, synthetic data) in DDP with its default all-reduce, and
-    without DDP with ``share_gradients`` (what training uses), in alternating blocks (``--rounds`` pairs of
+    without DDP with ``share_gradients`` (what training uses) with its futex wait and with the
+    spin-and-sleep wait (``MLP_ALLREDUCE_WAIT=spin``), in alternating blocks (``--rounds`` triples of
     ``--steps`` steps); mean and median seconds per step, steps/s.
 
 The peer is one process stepping the same model at batch 64 (the same global
@@ -91,6 +92,7 @@ def make_ddp(hook: str) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
         return model, torch.optim.SGD(model.parameters(), lr=0.01), None
     model = build_model(ModelConfig(), seed=0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    os.environ["MLP_ALLREDUCE_WAIT"] = "spin" if hook == "shm_spin" else "futex"
     state = share_gradients(model, optimizer)
     if state is None:
         raise RuntimeError("the shared-memory exchange did not enable between two local processes")
@@ -150,9 +152,9 @@ def worker(rank: int, world: int, port: int, variant: str, args: argparse.Namesp
         shm.close()
 
         batches = synthetic_batches(args.steps)
-        runs: dict[str, list[float]] = {"default": [], "shm": []}
-        blocks: dict[str, list[float]] = {"default": [], "shm": []}
-        for hook in ("default", "shm") * args.rounds:  # alternating blocks: drift hits both alike
+        runs: dict[str, list[float]] = {"default": [], "shm": [], "shm_spin": []}
+        blocks: dict[str, list[float]] = {"default": [], "shm": [], "shm_spin": []}
+        for hook in ("default", "shm", "shm_spin") * args.rounds:  # alternating blocks: drift hits both alike
             model, optimizer, state = make_ddp(hook)
             ddp_steps(model, optimizer, batches[:20], rank, world)  # warm-up
             times = ddp_steps(model, optimizer, batches, rank, world)
@@ -214,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=2000, help="all-reduce calls timed per variant")
     parser.add_argument("--steps", type=int, default=400, help="training steps per timed DDP block")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating default/shm block pairs")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating default / shm / shm-spin block triples")
     parser.add_argument("--exact-steps", type=int, default=200, help="steps before comparing weights")
     args = parser.parse_args()
 
@@ -249,6 +251,11 @@ def main() -> None:
         {"figure": "step, 2 workers x 32, share_gradients (no DDP), mean ms", "value": shm_s * 1e3,
          "median": shm_step["median_s"] * 1e3, "steps_per_s": 1 / shm_s, "peer": "1 process, batch 64",
          "peer_value": single * 1e3, "ratio": shm_s / single},
+        {"figure": "step, 2 workers x 32, share_gradients with the spin-and-sleep wait, mean ms",
+         "value": main_pair["ddp_step"]["shm_spin"]["mean_s"] * 1e3,
+         "median": main_pair["ddp_step"]["shm_spin"]["median_s"] * 1e3,
+         "steps_per_s": 1 / main_pair["ddp_step"]["shm_spin"]["mean_s"], "peer": "share_gradients, futex wait",
+         "peer_value": shm_s * 1e3, "ratio": main_pair["ddp_step"]["shm_spin"]["mean_s"] / shm_s},
         {"figure": "step, share_gradients vs DDP with gloo, mean", "value": shm_s * 1e3,
          "peer": "default all-reduce", "peer_value": default_s * 1e3, "ratio": shm_s / default_s},
         {"figure": "1 process, batch 64, mean ms per step", "value": single * 1e3,

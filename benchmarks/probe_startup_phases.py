@@ -93,7 +93,9 @@ stamp_path = os.path.join(out, "controller-stamps.jsonl")
 if floor:
     rayenv.apply_driver_env()
     rayenv.apply_cluster_env()
-    ray.init()
+    # As init_ray does: a bare ray.init() beside a dead cluster that `ray start` recorded waits minutes for it.
+    from mlp.distributed.trainer import local_cluster_options, stale_local_cluster
+    ray.init(**({"address": "local", **local_cluster_options()} if stale_local_cluster() else {}))
     stamps["ray.init returned"] = time.time()
     trainer = TorchTrainer(stamped_worker, train_loop_config={"_floor": True, "_stamp_path": stamp_path},
                            scaling_config=ScalingConfig(num_workers=workers),

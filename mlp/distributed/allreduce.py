@@ -150,7 +150,7 @@ class ShmAllreduce:
     def __init__(self, mapping: mmap.mmap, rank: int, world: int, capacity: int, pids: list[int],
                  timeout_s: float, wait: str = "futex") -> None:
         self.rank, self.world, self.capacity = rank, world, capacity
-        self.pids, self.timeout_s, self.wait = pids, timeout_s, wait
+        self.pids, self.timeout_s = pids, timeout_s
         self.seq = 0  # calls so far; every rank makes the same calls in the same order
         self._mapping = mapping
         self._counters = memoryview(mapping)[: world * _LINE].cast("q")  # counter of rank r at index r*8

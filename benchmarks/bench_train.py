@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from proc_cpu import ProcCpu, cpu_ticks
 
 from mlp.config import DataConfig, ModelConfig
 from mlp.data import load_splits
@@ -72,28 +73,15 @@ def plain_loop(dataset: str, epochs: int, batch_size: int, shard: int = 0, shard
     return {"epoch_s": epoch_s, "samples_per_s": len(data.train_x) / epoch_s}
 
 
-def cpu_ticks() -> dict[int, tuple[str, int]]:
-    """(command, user + system clock ticks) of every process on the machine, from /proc."""
-    ticks = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            command = (stat.parent / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (OSError, IndexError):
-            continue
-        ticks[int(stat.parent.name)] = (command, int(fields[11]) + int(fields[12]))
-    return ticks
-
-
-def cpu_shares(samples: list[tuple[float, dict[int, tuple[str, int]]]], start: float, end: float) -> dict:
+def cpu_shares(samples: list[tuple[float, dict[int, ProcCpu]]], start: float, end: float) -> dict:
     """Cores used between the samples nearest ``start`` and ``end``: the Train workers, and everything else."""
     inside = [s for s in samples if start <= s[0] <= end]
     if len(inside) < 2:
         return {}
     (t0, first), (t1, last) = inside[0], inside[-1]
     hz, workers, rest, top = os.sysconf("SC_CLK_TCK"), 0.0, 0.0, {}
-    for pid, (command, ticks) in last.items():
-        cores = (ticks - first.get(pid, (command, ticks))[1]) / hz / (t1 - t0)
+    for pid, (command, _, ticks) in last.items():
+        cores = (ticks - first[pid].ticks if pid in first else 0) / hz / (t1 - t0)
         if command.startswith("ray::RayTrainWorker"):
             workers += cores
         else:

@@ -86,7 +86,7 @@ def cpu_shares(samples: list[tuple[float, dict[int, ProcCpu]]], start: float, en
             workers += cores
         else:
             rest += cores
-            top[f"{command[:40]} ({pid})"] = cores
+            top[f"{command[:70]} ({pid})"] = cores
     return {"workers_cores": workers, "others_cores": rest,
             "others_top": dict(sorted(top.items(), key=lambda kv: -kv[1])[:6])}
 

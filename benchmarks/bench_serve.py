@@ -215,8 +215,8 @@ def direct_ports(expected: int, timeout_s: float = 60.0) -> list[int]:
         ports = set()
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             for line in Path(table).read_text().splitlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                port = int(local.rsplit(":", 1)[1], 16)
+                fields = line.split()
+                port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
                 if state == "0A" and port in DIRECT_PORTS:  # 0A: LISTEN
                     ports.add(port)
         if len(ports) >= expected or time.time() > deadline:
